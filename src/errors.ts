@@ -1,0 +1,212 @@
+/**
+ * Every error dlqueue raises or records carries a stable `code` (like undici's `UND_ERR_*`) so callers can branch
+ * on it, and an `errorType`: the short label InvokeAI puts in a job's `error_type` (e.g. `HTTPError(Not Found)`).
+ */
+export class DlqError extends Error {
+  readonly code: string;
+
+  constructor(message: string, code = "DLQ_ERR_GENERIC", options?: ErrorOptions) {
+    super(message, options);
+    this.name = new.target.name;
+    this.code = code;
+  }
+
+  /** The `error_type` a job shows when this error ends it. */
+  get errorType(): string {
+    return this.name;
+  }
+
+  /** Transient errors are retried with backoff, resuming from the bytes already on disk. */
+  get retryable(): boolean {
+    return false;
+  }
+}
+
+export class InvalidUrlError extends DlqError {
+  constructor(source: string) {
+    super(`Invalid URL ${JSON.stringify(source)}: give an absolute http:// or https:// URL.`, "DLQ_ERR_INVALID_URL");
+  }
+}
+
+export class UnsupportedSchemeError extends DlqError {
+  constructor(protocol: string) {
+    super(
+      `Unsupported URL scheme "${protocol}": dlqueue downloads only http:// and https:// URLs.`,
+      "DLQ_ERR_UNSUPPORTED_SCHEME",
+    );
+  }
+}
+
+export class InvalidArgumentError extends DlqError {
+  constructor(message: string) {
+    super(message, "DLQ_ERR_INVALID_ARGUMENT");
+  }
+}
+
+export class UnknownJobIdError extends DlqError {
+  constructor(id: number) {
+    super(`No job with id ${id} in this queue (it may have been pruned).`, "DLQ_ERR_UNKNOWN_JOB_ID");
+  }
+}
+
+export class TimeoutError extends DlqError {
+  constructor(what: string, ms: number) {
+    super(`${what} did not finish within ${ms} ms.`, "DLQ_ERR_TIMEOUT");
+  }
+}
+
+export class QueueStoppedError extends DlqError {
+  constructor() {
+    super("This queue has been stopped; create a new DownloadQueue to download more.", "DLQ_ERR_QUEUE_STOPPED");
+  }
+}
+
+/** A response status that ends or interrupts the transfer. 408, 429 and 5xx are retried; other 4xx are final. */
+export class HttpError extends DlqError {
+  readonly status: number;
+  readonly reason: string;
+  /** Milliseconds the server asked us to wait (Retry-After), if it said. */
+  readonly retryAfterMs: number | undefined;
+
+  constructor(status: number, reason: string, url: string, retryAfterMs?: number) {
+    super(`${url} answered HTTP ${status} ${reason}${hintForStatus(status)}`, "DLQ_ERR_HTTP", undefined);
+    this.name = "HTTPError";
+    this.status = status;
+    this.reason = reason;
+    this.retryAfterMs = retryAfterMs;
+  }
+
+  override get errorType(): string {
+    return `HTTPError(${this.reason})`;
+  }
+
+  override get retryable(): boolean {
+    return this.status === 408 || this.status === 429 || this.status >= 500;
+  }
+}
+
+function hintForStatus(status: number): string {
+  if (status === 401 || status === 403) return ": the server refused access; pass an access token for this host.";
+  if (status === 404 || status === 410) return ": check the URL.";
+  if (status === 429) return ": the server is rate-limiting; retrying later.";
+  if (status >= 500) return ": the server failed; retrying later may help.";
+  return ".";
+}
+
+/** The connection dropped, stalled, or ended before the promised length: resume from what is on disk. */
+export class TransferInterruptedError extends DlqError {
+  constructor(message: string, options?: ErrorOptions) {
+    super(message, "DLQ_ERR_INTERRUPTED", options);
+  }
+
+  override get retryable(): boolean {
+    return true;
+  }
+}
+
+export class TooManyRedirectsError extends DlqError {
+  constructor(url: string, max: number) {
+    super(`${url} redirected more than ${max} times; the server may be misconfigured.`, "DLQ_ERR_TOO_MANY_REDIRECTS");
+  }
+}
+
+export class ResponseTooLargeError extends DlqError {
+  constructor(url: string, expected: number, got: number) {
+    super(
+      `${url} sent ${got} bytes or more but the job expected ${expected}; the download was stopped and discarded. ` +
+        "Check the URL or the expected size.",
+      "DLQ_ERR_RESPONSE_TOO_LARGE",
+    );
+  }
+}
+
+export class SizeMismatchError extends DlqError {
+  constructor(url: string, expected: number, got: number) {
+    super(`${url} gave ${got} bytes but ${expected} were expected; the file was discarded.`, "DLQ_ERR_SIZE_MISMATCH");
+  }
+
+  override get errorType(): string {
+    return "SizeMismatch";
+  }
+}
+
+export class ChecksumMismatchError extends DlqError {
+  constructor(path: string, expected: string, actual: string) {
+    super(
+      `sha256 of ${path} is ${actual} but ${expected} was expected; the file was discarded. ` +
+        "The server sent different content than expected: check the URL and the checksum.",
+      "DLQ_ERR_CHECKSUM_MISMATCH",
+    );
+  }
+
+  override get errorType(): string {
+    return "ChecksumMismatch";
+  }
+}
+
+export class InsufficientDiskSpaceError extends DlqError {
+  constructor(dir: string, needed: number, available: number) {
+    super(
+      `Not enough free space in ${dir}: ${needed} bytes needed, ${available} available. Free some space and retry; ` +
+        "nothing was written.",
+      "DLQ_ERR_INSUFFICIENT_DISK_SPACE",
+    );
+  }
+
+  override get errorType(): string {
+    return "InsufficientDiskSpace";
+  }
+}
+
+/** The destination cannot be written: a missing permission, a file where a folder should be, a full disk. */
+export class DestinationError extends DlqError {
+  constructor(message: string, code: "DLQ_ERR_DEST_UNWRITABLE" | "DLQ_ERR_DISK_FULL", options?: ErrorOptions) {
+    super(message, code, options);
+  }
+
+  override get errorType(): string {
+    return this.code === "DLQ_ERR_DISK_FULL" ? "DiskFull" : "DestinationUnwritable";
+  }
+}
+
+/** A relative path (multi-file part) or a server-supplied file name that would land outside `dest`. */
+export class UnsafePathError extends DlqError {
+  constructor(path: string, why: string) {
+    super(`Refusing path ${JSON.stringify(path)}: ${why}. Give a relative path inside dest.`, "DLQ_ERR_UNSAFE_PATH");
+  }
+}
+
+export class FileLockedError extends DlqError {
+  constructor(path: string) {
+    super(
+      `${path} is being downloaded by another queue or process (its lock file is held). ` +
+        "Wait for it to finish or stop the other download.",
+      "DLQ_ERR_FILE_LOCKED",
+    );
+  }
+}
+
+export class DownloadCancelledError extends DlqError {
+  constructor() {
+    super("The download was cancelled.", "DLQ_ERR_CANCELLED");
+    this.name = "DownloadJobCancelledException";
+  }
+}
+
+/** Translate filesystem errors into something that names the path and says what to do. */
+export function fsError(err: unknown, path: string): Error {
+  const code = (err as NodeJS.ErrnoException | undefined)?.code;
+  if (code === "ENOSPC" || code === "EDQUOT") {
+    return new DestinationError(`The disk holding ${path} is full; free some space and retry.`, "DLQ_ERR_DISK_FULL", {
+      cause: err,
+    });
+  }
+  if (code === "EACCES" || code === "EPERM" || code === "EROFS" || code === "ENOTDIR" || code === "EISDIR") {
+    return new DestinationError(
+      `Cannot write ${path} (${code}): choose a destination you can write to.`,
+      "DLQ_ERR_DEST_UNWRITABLE",
+      { cause: err },
+    );
+  }
+  return err instanceof Error ? err : new Error(String(err));
+}

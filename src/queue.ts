@@ -1,0 +1,626 @@
+import { EventEmitter } from "node:events";
+import { stat } from "node:fs/promises";
+import { join, resolve, sep } from "node:path";
+import { Agent, type Dispatcher } from "undici";
+import {
+  DlqError,
+  InvalidArgumentError,
+  InvalidUrlError,
+  QueueStoppedError,
+  TimeoutError,
+  UnknownJobIdError,
+  UnsupportedSchemeError,
+} from "./errors.js";
+import { checkRelativePath } from "./files/names.js";
+import { discardPartial } from "./files/partial.js";
+import { PriorityHeap } from "./heap.js";
+import { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
+import { defaultLogger, type Logger, redact } from "./logger.js";
+import { type TransferSettings, transfer } from "./transfer/http.js";
+import { eventPayload, type QueueEventName, type QueueEventPayloads } from "./wire.js";
+
+const VERSION = "0.1.0";
+
+export interface TokenRule {
+  /** A RegExp, or the source of one (InvokeAI's `url_regex`), tested against the job's source URL. */
+  url: string | RegExp;
+  token: string;
+}
+
+export interface EventBus {
+  emit(event: string, payload: object): unknown;
+}
+
+export interface DownloadQueueOptions {
+  /** Transfers running at once (default 5). */
+  maxParallelDownloads?: number;
+  /** An application-wide bus that receives every event too (InvokeAI's `event_bus`). */
+  eventBus?: EventBus;
+  /** Per-host tokens (InvokeAI's `remote_api_tokens`): the first rule matching a source gives its token. */
+  tokens?: TokenRule[];
+  /** Retries of transient failures per job, with exponential backoff (default 5). */
+  retries?: number;
+  /** First backoff delay; it doubles per failure up to `maxRetryDelayMs` (defaults 1000 and 60000). */
+  retryDelayMs?: number;
+  maxRetryDelayMs?: number;
+  /** A body that sends nothing for this long is a stall and is retried (default 60000). */
+  readTimeoutMs?: number;
+  /** Waiting for response headers longer than this is retried (default 60000). */
+  headersTimeoutMs?: number;
+  /** TCP/TLS connect timeout of the default dispatcher (default 30000). */
+  connectTimeoutMs?: number;
+  /** Your own undici dispatcher (proxy, custom agent); InvokeAI's `requests_session`. */
+  dispatcher?: Dispatcher;
+  /** How often, at most, `onProgress` and `download_progress` fire per job (default 100 ms). */
+  progressIntervalMs?: number;
+  logger?: Logger;
+  userAgent?: string;
+  /** Refuse a redirect by throwing (used by the REST service against SSRF). */
+  checkRedirect?: (url: URL) => void | Promise<void>;
+}
+
+export interface DownloadCallbacks<J> {
+  onStart?: (job: J) => unknown;
+  onProgress?: (job: J) => unknown;
+  onComplete?: (job: J) => unknown;
+  onCancelled?: (job: J) => unknown;
+  onError?: (job: J, error: Error) => unknown;
+}
+
+export interface DownloadRequest extends DownloadCallbacks<DownloadJob> {
+  source: string | URL;
+  /** An existing folder (the name comes from the server), or the file to create. */
+  dest: string;
+  /** Lower runs first (default 10). */
+  priority?: number;
+  accessToken?: string;
+  /** Extra request headers. */
+  headers?: Record<string, string>;
+  /** Expected sha256 (hex); a mismatch fails the job and discards the file. */
+  sha256?: string;
+  /** Expected size in bytes; a response that is larger is stopped at once. */
+  size?: number;
+}
+
+export interface RemoteFile {
+  url: string | URL;
+  /** Relative to the job's dest; must not leave it. */
+  path: string;
+  sha256?: string;
+  size?: number;
+}
+
+export interface MultiFileDownloadRequest extends DownloadCallbacks<MultiFileDownloadJob> {
+  parts: RemoteFile[];
+  dest: string;
+  priority?: number;
+  accessToken?: string;
+  headers?: Record<string, string>;
+}
+
+export type QueueEvents = { [E in QueueEventName]: [payload: QueueEventPayloads[E]] };
+
+/** Why a running transfer was aborted; decides the state it lands in. */
+class Interruption {
+  constructor(readonly to: "cancelled" | "paused" | "waiting") {}
+}
+
+interface Settled<J> {
+  promise: Promise<J>;
+  resolve: (job: J) => void;
+}
+
+function settled<J>(): Settled<J> {
+  let resolveFn: (job: J) => void = () => {};
+  const promise = new Promise<J>((r) => {
+    resolveFn = r;
+  });
+  return { promise, resolve: resolveFn };
+}
+
+interface JobRuntime {
+  readonly job: DownloadJob;
+  readonly callbacks: DownloadCallbacks<DownloadJob>;
+  readonly accessToken: string | undefined;
+  readonly headers: Record<string, string> | undefined;
+  /** dest ended with a path separator: a folder to create, even though it does not exist yet. */
+  readonly destNamesFolder: boolean;
+  /** Multi-file parts always write to their exact path. */
+  readonly exactPath: boolean;
+  readonly done: Settled<DownloadJob>;
+  readonly parent: MultiRuntime | undefined;
+  controller: AbortController | undefined;
+  started: boolean;
+  lastProgressAt: number;
+  lastProgressBytes: number;
+}
+
+interface MultiRuntime {
+  readonly job: MultiFileDownloadJob;
+  readonly callbacks: DownloadCallbacks<MultiFileDownloadJob>;
+  readonly parts: JobRuntime[];
+  readonly done: Settled<MultiFileDownloadJob>;
+  lastProgressAt: number;
+}
+
+/**
+ * A parallel download queue with priorities, callbacks, events, cancellation, multi-file jobs and resume: the
+ * TypeScript form of InvokeAI's DownloadQueueService. Every change of a job's state happens in this class.
+ */
+export class DownloadQueue extends EventEmitter<QueueEvents> {
+  readonly #maxParallel: number;
+  readonly #eventBus: EventBus | undefined;
+  readonly #tokens: { pattern: RegExp; token: string }[];
+  readonly #settings: TransferSettings;
+  readonly #ownDispatcher: Agent | undefined;
+  readonly #progressIntervalMs: number;
+  readonly #logger: Logger;
+  readonly #jobs = new Map<number, JobRuntime>();
+  readonly #multiJobs = new Map<number, MultiRuntime>();
+  readonly #heap = new PriorityHeap<JobRuntime & { priority: number }>();
+  /** Waiting or running: what join() waits for. */
+  readonly #active = new Set<JobRuntime>();
+  readonly #running = new Map<JobRuntime, Promise<void>>();
+  #idleWaiters: (() => void)[] = [];
+  #nextId = 0;
+  #pumpScheduled = false;
+  #stopped = false;
+
+  constructor(options: DownloadQueueOptions = {}) {
+    super();
+    this.#maxParallel = positiveInteger(options.maxParallelDownloads ?? 5, "maxParallelDownloads");
+    this.#eventBus = options.eventBus;
+    this.#tokens = (options.tokens ?? []).map(({ url, token }) => ({
+      pattern: typeof url === "string" ? new RegExp(url) : url,
+      token,
+    }));
+    this.#logger = options.logger ?? defaultLogger;
+    this.#progressIntervalMs = options.progressIntervalMs ?? 100;
+    const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
+    this.#ownDispatcher = options.dispatcher
+      ? undefined
+      : new Agent({ connect: { timeout: connectTimeoutMs }, connectTimeout: connectTimeoutMs });
+    this.#settings = {
+      dispatcher: options.dispatcher ?? (this.#ownDispatcher as Agent),
+      headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
+      readTimeoutMs: options.readTimeoutMs ?? 60_000,
+      retries: nonNegativeInteger(options.retries ?? 5, "retries"),
+      retryDelayMs: options.retryDelayMs ?? 1000,
+      maxRetryDelayMs: options.maxRetryDelayMs ?? 60_000,
+      maxRedirects: 10,
+      userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
+      logger: this.#logger,
+      checkRedirect: options.checkRedirect,
+    };
+  }
+
+  /** Queues one download and returns its job at once; it starts as soon as a slot is free. */
+  download(request: DownloadRequest): DownloadJob {
+    return this.#submit(request, { exactPath: false, parent: undefined }).job;
+  }
+
+  /** Queues several files under one root; one part failing cancels the others and fails the whole job. */
+  multifileDownload(request: MultiFileDownloadRequest): MultiFileDownloadJob {
+    this.#assertOpen();
+    if (!Array.isArray(request.parts) || request.parts.length === 0) {
+      throw new InvalidArgumentError("multifileDownload needs at least one part ({ url, path }).");
+    }
+    const dest = checkDest(request.dest);
+    const parts = request.parts.map((part) => ({
+      source: checkSource(part.url),
+      path: checkRelativePath(part.path),
+      sha256: part.sha256,
+      size: part.size,
+    }));
+    const id = this.#nextId++;
+    const partRuntimes: JobRuntime[] = [];
+    const roots = new Set(parts.map((part) => part.path.split("/")[0]));
+    const root =
+      roots.size === 1 && parts.every((part) => part.path.includes("/")) ? join(dest, [...roots][0] as string) : dest;
+    const multi: MultiRuntime = {
+      job: new MultiFileDownloadJob(id, dest, root, []),
+      callbacks: request,
+      parts: partRuntimes,
+      done: settled(),
+      lastProgressAt: 0,
+    };
+    for (const part of parts) {
+      const runtime = this.#submit(
+        {
+          source: part.source,
+          dest: join(dest, part.path),
+          priority: request.priority,
+          accessToken: request.accessToken,
+          headers: request.headers,
+          sha256: part.sha256,
+          size: part.size,
+        },
+        { exactPath: true, parent: multi },
+      );
+      partRuntimes.push(runtime);
+    }
+    (multi.job.downloadParts as DownloadJob[]).push(...partRuntimes.map((runtime) => runtime.job));
+    this.#multiJobs.set(id, multi);
+    return multi.job;
+  }
+
+  /** Every DownloadJob this queue knows, multi-file parts included, until pruned. */
+  listJobs(): DownloadJob[] {
+    return [...this.#jobs.values()].map((runtime) => runtime.job);
+  }
+
+  listMultifileJobs(): MultiFileDownloadJob[] {
+    return [...this.#multiJobs.values()].map((runtime) => runtime.job);
+  }
+
+  idToJob(id: number): DownloadJob | MultiFileDownloadJob {
+    const job = this.#jobs.get(id)?.job ?? this.#multiJobs.get(id)?.job;
+    if (!job) throw new UnknownJobIdError(id);
+    return job;
+  }
+
+  /** Forgets finished jobs (completed, cancelled, errored). */
+  pruneJobs(): void {
+    for (const [id, multi] of this.#multiJobs) if (multi.job.inTerminalState) this.#multiJobs.delete(id);
+    for (const [id, runtime] of this.#jobs) {
+      if (runtime.job.inTerminalState && !(runtime.parent && this.#multiJobs.has(runtime.parent.job.id))) {
+        this.#jobs.delete(id);
+      }
+    }
+  }
+
+  /** Cancels a waiting or running job: its partial file is deleted and nothing appears at the final path. */
+  cancelJob(job: DownloadJob | MultiFileDownloadJob | number): void {
+    const id = typeof job === "number" ? job : job.id;
+    const multi = this.#multiJobs.get(id);
+    if (multi) {
+      if (multi.job.inTerminalState) return;
+      this.#settleMulti(multi, DownloadJobStatus.Cancelled);
+      for (const part of multi.parts) this.#cancel(part);
+      return;
+    }
+    const runtime = this.#jobs.get(id);
+    if (!runtime) throw new UnknownJobIdError(id);
+    this.#cancel(runtime);
+  }
+
+  cancelAllJobs(): void {
+    for (const multi of this.#multiJobs.values()) this.cancelJob(multi.job);
+    for (const runtime of this.#jobs.values()) this.#cancel(runtime);
+  }
+
+  /** Resolves when no job is waiting or running. */
+  join(): Promise<void> {
+    if (this.#isIdle()) return Promise.resolve();
+    return new Promise((resolveIdle) => this.#idleWaiters.push(resolveIdle));
+  }
+
+  /** Resolves with the job once it has finished, whatever the outcome; rejects with TimeoutError after timeoutMs. */
+  waitForJob<J extends DownloadJob | MultiFileDownloadJob>(job: J, options: { timeoutMs?: number } = {}): Promise<J> {
+    const done = (this.#multiJobs.get(job.id)?.done.promise ?? this.#jobs.get(job.id)?.done.promise) as
+      | Promise<J>
+      | undefined;
+    if (!done) return Promise.reject(new UnknownJobIdError(job.id));
+    const { timeoutMs } = options;
+    if (timeoutMs === undefined) return done;
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new TimeoutError(`Job ${job.id}`, timeoutMs)), timeoutMs);
+    });
+    return Promise.race([done, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  /**
+   * Stops every transfer and accepts no more jobs. Running jobs go back to `waiting` with their partial files kept,
+   * so a new queue (or the same command run again) resumes them.
+   */
+  async stop(): Promise<void> {
+    this.#stopped = true;
+    for (const runtime of this.#running.keys()) runtime.controller?.abort(new Interruption("waiting"));
+    await Promise.allSettled(this.#running.values());
+    await this.#ownDispatcher?.close();
+    this.#wakeIdleWaiters();
+  }
+
+  #submit(
+    request: DownloadRequest,
+    placement: { exactPath: boolean; parent: MultiRuntime | undefined },
+  ): JobRuntime & { priority: number } {
+    this.#assertOpen();
+    const source = checkSource(request.source);
+    const dest = checkDest(request.dest);
+    const priority = request.priority ?? 10;
+    if (!Number.isFinite(priority)) throw new InvalidArgumentError(`priority must be a number, not ${priority}.`);
+    if (request.size !== undefined) nonNegativeInteger(request.size, "size");
+    if (request.sha256 !== undefined && !/^[0-9a-f]{64}$/i.test(request.sha256)) {
+      throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
+    }
+    const job = new DownloadJob(this.#nextId++, source, resolve(dest), priority, request.sha256, request.size);
+    const runtime = {
+      job,
+      priority,
+      callbacks: request,
+      accessToken: request.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(source))?.token,
+      headers: request.headers,
+      destNamesFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
+      exactPath: placement.exactPath,
+      done: settled<DownloadJob>(),
+      parent: placement.parent,
+      controller: undefined,
+      started: false,
+      lastProgressAt: 0,
+      lastProgressBytes: -1,
+    };
+    this.#jobs.set(job.id, runtime);
+    this.#enqueue(runtime);
+    return runtime;
+  }
+
+  #enqueue(runtime: JobRuntime & { priority: number }): void {
+    runtime.job.status = DownloadJobStatus.Waiting;
+    this.#active.add(runtime);
+    this.#heap.push(runtime);
+    // Deferred, so jobs submitted together are ordered by priority before the first one starts.
+    if (!this.#pumpScheduled) {
+      this.#pumpScheduled = true;
+      queueMicrotask(() => {
+        this.#pumpScheduled = false;
+        this.#pump();
+      });
+    }
+  }
+
+  #pump(): void {
+    while (!this.#stopped && this.#running.size < this.#maxParallel) {
+      const runtime = this.#heap.pop();
+      if (!runtime) return;
+      if (runtime.job.status !== DownloadJobStatus.Waiting) continue;
+      const run = this.#run(runtime).finally(() => {
+        this.#running.delete(runtime);
+        this.#pump();
+        if (this.#isIdle()) this.#wakeIdleWaiters();
+      });
+      this.#running.set(runtime, run);
+    }
+  }
+
+  async #run(runtime: JobRuntime): Promise<void> {
+    const { job } = runtime;
+    const controller = new AbortController();
+    runtime.controller = controller;
+    job.status = DownloadJobStatus.Running;
+    job.jobStarted = new Date();
+    try {
+      const result = await transfer(
+        {
+          source: job.source,
+          dest: job.dest,
+          destIsDirectory: !runtime.exactPath && (runtime.destNamesFolder || (await isDirectory(job.dest))),
+          downloadPath: job.downloadPath,
+          accessToken: runtime.accessToken,
+          headers: runtime.headers,
+          expectedSize: job.size,
+          sha256: job.sha256,
+        },
+        this.#settings,
+        {
+          onResponse: (info) => {
+            job.downloadPath = info.downloadPath;
+            job.totalBytes = info.totalBytes ?? 0;
+            job.contentType = info.contentType;
+            job.bytes = info.bytes;
+            if (!runtime.started) {
+              runtime.started = true;
+              this.#emit("download_started", job);
+              this.#call(runtime.callbacks.onStart, job);
+              if (runtime.parent) this.#partStarted(runtime.parent);
+            }
+          },
+          onBytes: (bytes) => {
+            job.bytes = bytes;
+            this.#progress(runtime, false);
+          },
+        },
+        controller.signal,
+      );
+      job.downloadPath = result.downloadPath;
+      job.bytes = result.bytes;
+      job.totalBytes = result.totalBytes;
+      this.#progress(runtime, true);
+      this.#settle(runtime, DownloadJobStatus.Completed);
+    } catch (err) {
+      const interruption = controller.signal.aborted ? controller.signal.reason : undefined;
+      if (interruption instanceof Interruption) {
+        await this.#interrupted(runtime, interruption.to);
+      } else {
+        this.#fail(runtime, err instanceof Error ? err : new Error(String(err)));
+      }
+    } finally {
+      runtime.controller = undefined;
+    }
+  }
+
+  async #interrupted(runtime: JobRuntime, to: Interruption["to"]): Promise<void> {
+    if (to === "waiting") {
+      runtime.job.status = DownloadJobStatus.Waiting;
+      runtime.started = false;
+      return;
+    }
+    if (to === "cancelled") {
+      if (runtime.job.downloadPath) await discardPartial(runtime.job.downloadPath);
+      this.#settle(runtime, DownloadJobStatus.Cancelled);
+    }
+  }
+
+  #cancel(runtime: JobRuntime): void {
+    const { job } = runtime;
+    if (job.inTerminalState) return;
+    if (job.status === DownloadJobStatus.Running && runtime.controller) {
+      runtime.controller.abort(new Interruption("cancelled"));
+      return;
+    }
+    // Waiting (or paused): no transfer to stop; its heap entry is skipped when popped.
+    if (job.downloadPath) {
+      const path = job.downloadPath;
+      discardPartial(path).catch((err) => this.#logger.warn(`could not delete the partial of ${path}: ${err}`));
+    }
+    this.#settle(runtime, DownloadJobStatus.Cancelled);
+  }
+
+  #fail(runtime: JobRuntime, error: Error): void {
+    const { job } = runtime;
+    const secrets = [runtime.accessToken];
+    job.errorType = redact(error instanceof DlqError ? error.errorType : `${error.name}(${error.message})`, secrets);
+    job.error = redact(error.stack ?? String(error), secrets);
+    this.#logger.error(`job ${job.id} (${job.source}) failed: ${job.errorType}`);
+    this.#settle(runtime, DownloadJobStatus.Error, error);
+  }
+
+  /** The single place a job reaches its final state: callbacks, events, multi-file bookkeeping, waiters. */
+  #settle(runtime: JobRuntime, status: "completed" | "cancelled" | "error", error?: Error): void {
+    const { job } = runtime;
+    job.status = status;
+    job.jobEnded = new Date();
+    this.#active.delete(runtime);
+    if (status === DownloadJobStatus.Completed) {
+      this.#emit("download_complete", job);
+      this.#call(runtime.callbacks.onComplete, job);
+    } else if (status === DownloadJobStatus.Cancelled) {
+      this.#emit("download_cancelled", job);
+      this.#call(runtime.callbacks.onCancelled, job);
+    } else {
+      this.#emit("download_error", job);
+      this.#call(runtime.callbacks.onError, job, error);
+    }
+    if (runtime.parent) this.#partSettled(runtime.parent, runtime, error);
+    runtime.done.resolve(job);
+    if (this.#isIdle()) this.#wakeIdleWaiters();
+  }
+
+  #progress(runtime: JobRuntime, final: boolean): void {
+    const { job } = runtime;
+    const now = performance.now();
+    if (final ? runtime.lastProgressBytes === job.bytes : now - runtime.lastProgressAt < this.#progressIntervalMs) {
+      return;
+    }
+    runtime.lastProgressAt = now;
+    runtime.lastProgressBytes = job.bytes;
+    this.#emit("download_progress", job);
+    this.#call(runtime.callbacks.onProgress, job);
+    const multi = runtime.parent;
+    if (multi && (final || now - multi.lastProgressAt >= this.#progressIntervalMs)) {
+      multi.lastProgressAt = now;
+      this.#call(multi.callbacks.onProgress, multi.job);
+    }
+  }
+
+  #partStarted(multi: MultiRuntime): void {
+    if (multi.job.status !== DownloadJobStatus.Waiting) return;
+    multi.job.status = DownloadJobStatus.Running;
+    this.#call(multi.callbacks.onStart, multi.job);
+  }
+
+  #partSettled(multi: MultiRuntime, part: JobRuntime, error: Error | undefined): void {
+    if (multi.job.inTerminalState) {
+      if (multi.parts.every((p) => p.job.inTerminalState)) multi.done.resolve(multi.job);
+      return;
+    }
+    if (part.job.status === DownloadJobStatus.Error) {
+      multi.job.errorType = part.job.errorType;
+      multi.job.error = part.job.error;
+      this.#settleMulti(multi, DownloadJobStatus.Error, error);
+      for (const other of multi.parts) this.#cancel(other);
+    } else if (part.job.status === DownloadJobStatus.Cancelled) {
+      this.#settleMulti(multi, DownloadJobStatus.Cancelled);
+      for (const other of multi.parts) this.#cancel(other);
+    } else if (multi.parts.every((p) => p.job.status === DownloadJobStatus.Completed)) {
+      this.#settleMulti(multi, DownloadJobStatus.Completed);
+    }
+  }
+
+  #settleMulti(multi: MultiRuntime, status: "completed" | "cancelled" | "error", error?: Error): void {
+    multi.job.status = status;
+    if (status === DownloadJobStatus.Completed) this.#call(multi.callbacks.onComplete, multi.job);
+    else if (status === DownloadJobStatus.Cancelled) this.#call(multi.callbacks.onCancelled, multi.job);
+    else this.#call(multi.callbacks.onError, multi.job, error ?? new Error(multi.job.errorType));
+    if (multi.parts.every((p) => p.job.inTerminalState)) multi.done.resolve(multi.job);
+  }
+
+  #emit(event: QueueEventName, job: DownloadJob): void {
+    const payload = eventPayload(event, job);
+    try {
+      this.emit(event, payload as never);
+      this.#eventBus?.emit(event, payload);
+    } catch (err) {
+      this.#logger.error(`a ${event} listener threw: ${err instanceof Error ? err.message : String(err)}`);
+    }
+  }
+
+  /** A callback that throws (or rejects) is logged; the download goes on. */
+  #call<J extends DownloadJob | MultiFileDownloadJob>(
+    callback: ((job: J, error: Error) => unknown) | undefined,
+    job: J,
+    error?: Error,
+  ): void {
+    if (!callback) return;
+    const report = (err: unknown) =>
+      this.#logger.error(`a callback of job ${job.id} threw: ${err instanceof Error ? err.message : String(err)}`);
+    try {
+      const result = callback(job, error as Error);
+      if (result instanceof Promise) result.catch(report);
+    } catch (err) {
+      report(err);
+    }
+  }
+
+  #isIdle(): boolean {
+    return this.#running.size === 0 && (this.#active.size === 0 || this.#stopped);
+  }
+
+  #wakeIdleWaiters(): void {
+    const waiters = this.#idleWaiters;
+    this.#idleWaiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  #assertOpen(): void {
+    if (this.#stopped) throw new QueueStoppedError();
+  }
+}
+
+function checkSource(source: string | URL): string {
+  let url: URL;
+  try {
+    url = new URL(String(source));
+  } catch {
+    throw new InvalidUrlError(String(source));
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UnsupportedSchemeError(url.protocol);
+  if (!url.hostname) throw new InvalidUrlError(String(source));
+  return url.href;
+}
+
+function checkDest(dest: string): string {
+  if (typeof dest !== "string" || dest.length === 0 || dest.includes("\0")) {
+    throw new InvalidArgumentError("dest must be a non-empty path to a folder or a file.");
+  }
+  return dest;
+}
+
+function positiveInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
+  return value;
+}
+
+function nonNegativeInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${name} must be 0 or more.`);
+  return value;
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}

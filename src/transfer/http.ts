@@ -1,0 +1,335 @@
+import { createHash, type Hash } from "node:crypto";
+import { createReadStream } from "node:fs";
+import { STATUS_CODES } from "node:http";
+import { join } from "node:path";
+import { Transform } from "node:stream";
+import { pipeline } from "node:stream/promises";
+import { setTimeout as sleep } from "node:timers/promises";
+import { type Dispatcher, request } from "undici";
+import {
+  ChecksumMismatchError,
+  DlqError,
+  fsError,
+  HttpError,
+  ResponseTooLargeError,
+  SizeMismatchError,
+  TooManyRedirectsError,
+  TransferInterruptedError,
+  UnsupportedSchemeError,
+} from "../errors.js";
+import { fileNameFor } from "../files/names.js";
+import {
+  commitPartial,
+  discardPartial,
+  openPartial,
+  partialPathOf,
+  partialSize,
+  readValidators,
+  type Validators,
+  writeValidators,
+} from "../files/partial.js";
+import type { Logger } from "../logger.js";
+import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+
+const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+/** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
+const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
+const WRITE_HIGH_WATER_MARK = 1024 * 1024;
+/** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
+const TRANSIENT_ERRNO = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "EAI_AGAIN",
+]);
+const NON_TRANSIENT_UNDICI = new Set(["UND_ERR_ABORTED", "UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]);
+
+export interface TransferSettings {
+  dispatcher: Dispatcher;
+  headersTimeoutMs: number;
+  readTimeoutMs: number;
+  retries: number;
+  retryDelayMs: number;
+  maxRetryDelayMs: number;
+  maxRedirects: number;
+  userAgent: string;
+  logger: Logger;
+  /** Called before each redirect is followed; throwing refuses it (the service's SSRF guard). */
+  checkRedirect?: (url: URL) => void | Promise<void>;
+}
+
+export interface TransferRequest {
+  source: string;
+  dest: string;
+  /** dest is a folder: the file name comes from the response. */
+  destIsDirectory: boolean;
+  /** The final path from an earlier run, so its partial can be resumed before the name is known again. */
+  downloadPath?: string;
+  /** Sent only to the origin of `source`, never to a host a redirect leads to. */
+  accessToken?: string;
+  headers?: Record<string, string>;
+  expectedSize?: number;
+  sha256?: string;
+}
+
+export interface TransferObserver {
+  /** Response headers accepted: where the bytes go, how many there will be, how many are already on disk. */
+  onResponse(info: { downloadPath: string; totalBytes: number | undefined; contentType?: string; bytes: number }): void;
+  onBytes(bytes: number): void;
+}
+
+export interface TransferResult {
+  downloadPath: string;
+  bytes: number;
+  totalBytes: number;
+}
+
+/**
+ * Fetches `req.source` into its final path: the one place where bytes are fetched and written. Retries transient
+ * failures with exponential backoff (honouring Retry-After), resuming from what is on disk; an attempt that made
+ * progress resets the count, so a flaky link that keeps moving forward is never given up on.
+ */
+export async function transfer(
+  req: TransferRequest,
+  settings: TransferSettings,
+  observer: TransferObserver,
+  signal: AbortSignal,
+): Promise<TransferResult> {
+  const attempt = new Attempt(req, settings, observer, signal);
+  let failures = 0;
+  for (;;) {
+    const bytesBefore = attempt.bytes;
+    try {
+      return await attempt.run();
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      const error = classify(err, attempt.downloadPath);
+      if (attempt.bytes > bytesBefore) failures = 0;
+      if (!(error instanceof DlqError && error.retryable) || failures >= settings.retries) {
+        if (attempt.downloadPath && discardsPartial(error)) await discardPartial(attempt.downloadPath);
+        throw error;
+      }
+      failures++;
+      const delay = backoff(failures, settings, error instanceof HttpError ? error.retryAfterMs : undefined);
+      settings.logger.warn(`retrying ${req.source} in ${delay} ms (${failures}/${settings.retries}): ${error.message}`);
+      await sleep(delay, undefined, { signal }).catch(() => {
+        throw signal.reason;
+      });
+    }
+  }
+}
+
+/** Bytes that cannot be the file we want are not worth keeping for a resume. */
+function discardsPartial(error: Error): boolean {
+  return (
+    error instanceof ChecksumMismatchError ||
+    error instanceof SizeMismatchError ||
+    error instanceof ResponseTooLargeError
+  );
+}
+
+function backoff(failures: number, settings: TransferSettings, retryAfterMs: number | undefined): number {
+  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, settings.maxRetryDelayMs);
+  const exponential = Math.min(settings.maxRetryDelayMs, settings.retryDelayMs * 2 ** (failures - 1));
+  // Jitter keeps many jobs that failed together from hammering the server together again.
+  return Math.round(exponential * (0.5 + Math.random() * 0.5));
+}
+
+/** One job's attempts; remembers the resolved path and the bytes on disk across retries. */
+class Attempt {
+  downloadPath: string | undefined;
+  bytes = 0;
+  readonly #sourceOrigin: string;
+
+  constructor(
+    readonly req: TransferRequest,
+    readonly settings: TransferSettings,
+    readonly observer: TransferObserver,
+    readonly signal: AbortSignal,
+  ) {
+    this.downloadPath = req.downloadPath ?? (req.destIsDirectory ? undefined : req.dest);
+    this.#sourceOrigin = new URL(req.source).origin;
+  }
+
+  async run(): Promise<TransferResult> {
+    // At most three requests: one that reveals the name, one that resumes that name's partial, one after a
+    // partial turned out to belong to another version of the file.
+    for (let pass = 0; pass < 3; pass++) {
+      const path = this.downloadPath;
+      const offset = path ? await partialSize(path) : 0;
+      const previous = path && offset > 0 ? await readValidators(path) : undefined;
+      const resumable = offset > 0 && previous?.source === this.req.source;
+      const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : {});
+      let consumed = false;
+      try {
+        if (!path) {
+          this.downloadPath = join(
+            this.req.dest,
+            fileNameFor(this.req.source, header(response.headers, "content-disposition")),
+          );
+          if (response.statusCode < 300 && (await partialSize(this.downloadPath)) > 0) continue;
+        }
+        const finalPath = this.downloadPath as string;
+        const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
+        if (!plan) throw httpError(response, url);
+        if (plan.action === "refetch") {
+          await discardPartial(finalPath);
+          continue;
+        }
+        consumed = true;
+        if (plan.action === "complete") {
+          await response.body.dump();
+          return await this.#finish(
+            finalPath,
+            plan.totalBytes,
+            plan.totalBytes,
+            await this.#hashPrefix(finalPath, offset),
+          );
+        }
+        const start = plan.action === "append" ? offset : 0;
+        return await this.#receive(response, url, finalPath, start, plan.totalBytes);
+      } finally {
+        if (!consumed) response.body.destroy();
+      }
+    }
+    throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed; retrying.`);
+  }
+
+  async #get(extra: Record<string, string>): Promise<{ response: Dispatcher.ResponseData; url: URL }> {
+    let url = new URL(this.req.source);
+    for (let hops = 0; ; hops++) {
+      const headers: Record<string, string> = {
+        "user-agent": this.settings.userAgent,
+        "accept-encoding": "identity",
+        ...this.req.headers,
+        ...extra,
+      };
+      if (this.req.accessToken && url.origin === this.#sourceOrigin) {
+        headers.authorization = `Bearer ${this.req.accessToken}`;
+      }
+      const response = await request(url, {
+        dispatcher: this.settings.dispatcher,
+        method: "GET",
+        headers,
+        signal: this.signal,
+        headersTimeout: this.settings.headersTimeoutMs,
+        bodyTimeout: this.settings.readTimeoutMs,
+      });
+      const location = header(response.headers, "location");
+      if (!REDIRECTS.has(response.statusCode) || !location) return { response, url };
+      await response.body.dump();
+      if (hops >= this.settings.maxRedirects)
+        throw new TooManyRedirectsError(this.req.source, this.settings.maxRedirects);
+      const next = new URL(location, url);
+      if (next.protocol !== "http:" && next.protocol !== "https:") throw new UnsupportedSchemeError(next.protocol);
+      await this.settings.checkRedirect?.(next);
+      url = next;
+    }
+  }
+
+  async #receive(
+    response: Dispatcher.ResponseData,
+    url: URL,
+    finalPath: string,
+    start: number,
+    totalBytes: number | undefined,
+  ): Promise<TransferResult> {
+    const { expectedSize } = this.req;
+    if (expectedSize !== undefined && totalBytes !== undefined && totalBytes !== expectedSize) {
+      throw totalBytes > expectedSize
+        ? new ResponseTooLargeError(url.href, expectedSize, totalBytes)
+        : new SizeMismatchError(url.href, expectedSize, totalBytes);
+    }
+    const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
+    await writeValidators(finalPath, validators);
+    const hash = await this.#hashPrefix(finalPath, start);
+    this.bytes = start;
+    this.observer.onResponse({
+      downloadPath: finalPath,
+      totalBytes,
+      contentType: header(response.headers, "content-type"),
+      bytes: start,
+    });
+
+    const handle = await openPartial(finalPath, start);
+    try {
+      const meter = new Transform({
+        transform: (chunk: Buffer, _encoding, callback) => {
+          this.bytes += chunk.length;
+          if (expectedSize !== undefined && this.bytes > expectedSize) {
+            callback(new ResponseTooLargeError(url.href, expectedSize, this.bytes));
+            return;
+          }
+          hash?.update(chunk);
+          this.observer.onBytes(this.bytes);
+          callback(null, chunk);
+        },
+      });
+      const sink = handle.createWriteStream({ start, autoClose: false, highWaterMark: WRITE_HIGH_WATER_MARK });
+      await pipeline(response.body, meter, sink);
+      if (this.bytes - start >= FSYNC_MIN_BYTES) await handle.sync();
+    } finally {
+      await handle.close();
+    }
+    if (totalBytes !== undefined && this.bytes < totalBytes) {
+      throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
+    }
+    return this.#finish(finalPath, this.bytes, totalBytes ?? this.bytes, hash);
+  }
+
+  async #finish(finalPath: string, bytes: number, totalBytes: number, hash: Hash | undefined): Promise<TransferResult> {
+    this.bytes = bytes;
+    const { expectedSize, sha256 } = this.req;
+    if (expectedSize !== undefined && bytes !== expectedSize) {
+      throw new SizeMismatchError(this.req.source, expectedSize, bytes);
+    }
+    if (hash && sha256) {
+      const actual = hash.digest("hex");
+      if (actual !== sha256.toLowerCase()) throw new ChecksumMismatchError(finalPath, sha256, actual);
+    }
+    await commitPartial(finalPath);
+    return { downloadPath: finalPath, bytes, totalBytes };
+  }
+
+  /** A resumed file is verified as a whole: the bytes from an earlier run are hashed before new ones arrive. */
+  async #hashPrefix(finalPath: string, length: number): Promise<Hash | undefined> {
+    if (!this.req.sha256) return undefined;
+    const hash = createHash("sha256");
+    if (length > 0) {
+      const partial = createReadStream(partialPathOf(finalPath), { start: 0, end: length - 1 });
+      for await (const chunk of partial) hash.update(chunk as Buffer);
+    }
+    return hash;
+  }
+}
+
+function httpError(response: Dispatcher.ResponseData, url: URL): HttpError {
+  const status = response.statusCode;
+  return new HttpError(status, STATUS_CODES[status] ?? "Unknown", url.href, retryAfterMs(response));
+}
+
+function retryAfterMs(response: Dispatcher.ResponseData): number | undefined {
+  const value = header(response.headers, "retry-after");
+  if (!value) return undefined;
+  const seconds = Number(value);
+  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
+  const date = Date.parse(value);
+  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
+}
+
+/** Maps whatever an attempt threw onto dlqueue's errors, deciding what is worth retrying. */
+function classify(err: unknown, downloadPath: string | undefined): Error {
+  if (err instanceof DlqError) return err;
+  const code = (err as { code?: string } | undefined)?.code;
+  if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
+    return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message}); resuming.`, {
+      cause: err,
+    });
+  }
+  return fsError(err, downloadPath ? partialPathOf(downloadPath) : "the destination");
+}

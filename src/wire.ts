@@ -1,0 +1,108 @@
+/**
+ * The one place where dlqueue's camelCase becomes the snake_case that InvokeAI's clients read: job JSON, event
+ * payloads and REST bodies. Absent fields are omitted (InvokeAI's `exclude_none`); secrets never appear.
+ */
+import type { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
+
+export interface WireJob {
+  source: string;
+  dest: string;
+  id: number;
+  priority: number;
+  status: DownloadJobStatus;
+  download_path?: string;
+  job_started?: string;
+  job_ended?: string;
+  bytes: number;
+  total_bytes: number;
+  error_type?: string;
+  error?: string;
+}
+
+export interface WireMultiFileJob {
+  id: number;
+  dest: string;
+  status: DownloadJobStatus;
+  download_path: string;
+  bytes: number;
+  total_bytes: number;
+  error_type?: string;
+  error?: string;
+  download_parts: WireJob[];
+}
+
+export function jobToWire(job: DownloadJob): WireJob {
+  return withoutUndefined({
+    source: job.source,
+    dest: job.dest,
+    id: job.id,
+    priority: job.priority,
+    status: job.status,
+    download_path: job.downloadPath,
+    job_started: job.jobStarted?.toISOString(),
+    job_ended: job.jobEnded?.toISOString(),
+    bytes: job.bytes,
+    total_bytes: job.totalBytes,
+    error_type: job.errorType,
+    error: job.error,
+  });
+}
+
+export function multiJobToWire(job: MultiFileDownloadJob): WireMultiFileJob {
+  return withoutUndefined({
+    id: job.id,
+    dest: job.dest,
+    status: job.status,
+    download_path: job.downloadPath,
+    bytes: job.bytes,
+    total_bytes: job.totalBytes,
+    error_type: job.errorType,
+    error: job.error,
+    download_parts: job.downloadParts.map(jobToWire),
+  });
+}
+
+/** Payloads as the seed lists them for each event, plus the job's `id`. */
+export interface QueueEventPayloads {
+  download_started: { id: number; source: string; download_path: string };
+  download_progress: { id: number; source: string; download_path: string; current_bytes: number; total_bytes: number };
+  download_complete: { id: number; source: string; download_path: string; total_bytes: number };
+  download_error: { id: number; source: string; error_type: string; error: string };
+  download_cancelled: { id: number; source: string };
+  download_paused: { id: number; source: string; download_path?: string; current_bytes: number; total_bytes: number };
+}
+export type QueueEventName = keyof QueueEventPayloads;
+
+export function eventPayload<E extends QueueEventName>(event: E, job: DownloadJob): QueueEventPayloads[E] {
+  const base = { id: job.id, source: job.source };
+  const path = job.downloadPath ?? job.dest;
+  switch (event) {
+    case "download_started":
+      return { ...base, download_path: path } as QueueEventPayloads[E];
+    case "download_progress":
+      return {
+        ...base,
+        download_path: path,
+        current_bytes: job.bytes,
+        total_bytes: job.totalBytes,
+      } as QueueEventPayloads[E];
+    case "download_complete":
+      return { ...base, download_path: path, total_bytes: job.totalBytes } as QueueEventPayloads[E];
+    case "download_error":
+      return { ...base, error_type: job.errorType ?? "Error", error: job.error ?? "" } as QueueEventPayloads[E];
+    case "download_paused":
+      return withoutUndefined({
+        ...base,
+        download_path: job.downloadPath,
+        current_bytes: job.bytes,
+        total_bytes: job.totalBytes,
+      }) as QueueEventPayloads[E];
+    default:
+      return base as QueueEventPayloads[E];
+  }
+}
+
+function withoutUndefined<T extends object>(value: T): T {
+  for (const key of Object.keys(value) as (keyof T)[]) if (value[key] === undefined) delete value[key];
+  return value;
+}
