@@ -1,0 +1,253 @@
+// `npm run bench`: dlqueue against curl, aria2c and a naive Node client, same server, same run.
+// Flags: --reps N (default 3), --quick (tiny sizes, for development), --only <workload>.
+import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
+import { existsSync } from "node:fs";
+import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { createInterface } from "node:readline";
+import { fileURLToPath } from "node:url";
+import { parseArgs } from "node:util";
+import { type Bar, writeChart } from "./chart.js";
+import { ensureData, FULL, QUICK } from "./data.js";
+import { measure, type Sample, verify } from "./measure.js";
+import { ensureTools, startNginx } from "./nginx.js";
+import { DLQUEUE_DIST, REFERENCE, TOOLS, type ToolId } from "./tools.js";
+
+const repo = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
+const out = `${repo}/bench/out`;
+const MiB = 1024 * 1024;
+
+interface Workload {
+  id: string;
+  title: string;
+  urls: string[];
+  /** Download name → sha256. */
+  expected: Map<string, string>;
+  bytes: number;
+  tools: ToolId[];
+  source?: string;
+}
+
+interface Row {
+  tool: ToolId;
+  samples: Sample[];
+  error?: string;
+  command?: string;
+}
+
+const { values: args } = parseArgs({
+  options: {
+    reps: { type: "string", default: "3" },
+    quick: { type: "boolean", default: false },
+    only: { type: "string" },
+  },
+});
+const reps = Number(args.reps);
+const sizes = args.quick ? QUICK : FULL;
+const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
+const benchStart = performance.now();
+
+ensureTools();
+if (!existsSync(DLQUEUE_DIST)) {
+  try {
+    execFileSync("npm", ["run", "build"], { cwd: repo, stdio: "inherit" });
+  } catch {
+    console.log("npm run build failed; the dlqueue rows will show why they could not run");
+  }
+}
+
+const data = await ensureData(`${out}/${args.quick ? "data-quick" : "data"}`, sizes);
+const nginx = await startNginx(data.root);
+const want = (id: string) => !args.only || args.only === id;
+const skipped: string[] = [];
+let origin: ChildProcess | undefined;
+
+const files = (fs: { path: string; sha256: string }[]) => ({
+  urls: fs.map((f) => `${nginx.baseUrl}/${f.path}`),
+  expected: new Map(fs.map((f) => [f.path.split("/").at(-1) ?? f.path, f.sha256])),
+});
+const gib = (n: number) => `${+(n / 2 ** 30).toFixed(2)} GiB`;
+const size = (n: number) => (n >= 2 ** 30 ? gib(n) : n >= MiB ? `${n / MiB} MiB` : `${n / 1024} KiB`);
+const nginxWorkloads: Workload[] = [
+  {
+    id: "big",
+    title: `1 × ${size(data.big.size)} (nginx)`,
+    ...files([data.big]),
+    bytes: data.big.size,
+    tools: ["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"],
+    source: `${data.root}/${data.big.path}`,
+  },
+  {
+    id: "medium",
+    title: `${data.medium.length} × ${size(sizes.medium)} (nginx)`,
+    ...files(data.medium),
+    bytes: data.medium.reduce((a, f) => a + f.size, 0),
+    tools: ["lib", "cli", "curl", "aria2", "naive"],
+  },
+  {
+    id: "small",
+    title: `${data.small.length} × ${size(sizes.small)} (nginx)`,
+    ...files(data.small),
+    bytes: data.small.reduce((a, f) => a + f.size, 0),
+    tools: ["lib", "cli", "curl", "aria2", "naive"],
+  },
+];
+const workloads = nginxWorkloads.filter((w) => want(w.id));
+
+if (want("throttled")) {
+  if (existsSync(`${repo}/test/helpers/origin.ts`)) {
+    origin = spawn("node", ["--import", "tsx", `${repo}/bench/origin-child.ts`, String(throttledSize)], {
+      cwd: repo,
+      stdio: ["pipe", "pipe", "inherit"],
+    });
+    const first = await createInterface({ input: origin.stdout as NodeJS.ReadableStream })
+      [Symbol.asyncIterator]()
+      .next();
+    const { url, sha256 } = JSON.parse(String(first.value)) as { url: string; sha256: string };
+    workloads.push({
+      id: "throttled",
+      title: `1 × ${size(throttledSize)}, 50 MB/s per connection, +20 ms per request (test origin)`,
+      urls: [url],
+      expected: new Map([["throttled.bin", sha256]]),
+      bytes: throttledSize,
+      tools: ["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive"],
+    });
+  } else skipped.push("throttled: test/helpers/origin.ts does not exist yet");
+}
+
+const results = new Map<Workload, Row[]>();
+await mkdir(`${out}/runs`, { recursive: true });
+try {
+  for (const w of workloads) {
+    const rows = w.tools.map((tool): Row => ({ tool, samples: [] }));
+    results.set(w, rows);
+    // Generous, only there so that a hung client cannot stall the whole benchmark.
+    const timeoutMs = 60_000 + (w.bytes / 10e6) * 1000;
+    for (let rep = 0; rep < reps; rep++) {
+      // Rotating the order each repetition spreads drift and cache warmth over all tools.
+      const order = rows.map((_, i) => rows[(i + rep) % rows.length] as Row);
+      for (const row of order) {
+        if (row.error) continue;
+        const dir = await mkdtemp(`${out}/runs/dl-`);
+        const work = await mkdtemp(`${out}/runs/work-`);
+        const cmd = TOOLS[row.tool].command({ urls: w.urls, dir, work, source: w.source });
+        row.command ??= cmd
+          .join(" ")
+          .replaceAll(dir, "<dir>")
+          .replaceAll(work, "<work>")
+          .replaceAll(data.root, "<data>")
+          .replaceAll(`${repo}/`, "");
+        // Writeback of an earlier run's files must not land on this one.
+        execFileSync("sync");
+        const outcome = await measure(cmd, `${work}/time.txt`, timeoutMs);
+        const problem = outcome.ok ? await verify(dir, w.expected) : outcome.error;
+        await rm(dir, { recursive: true, force: true });
+        await rm(work, { recursive: true, force: true });
+        const tag = `${w.id} rep ${rep + 1}/${reps} ${row.tool}`;
+        if (problem || !outcome.ok) {
+          row.error = `rep ${rep + 1}: ${problem}`;
+          console.log(`${tag}: FAILED ${problem}`);
+        } else {
+          row.samples.push(outcome.sample);
+          const s = outcome.sample;
+          console.log(`${tag}: ${s.wall.toFixed(2)} s, cpu ${s.cpu.toFixed(2)} s, rss ${s.rssMB.toFixed(0)} MB`);
+        }
+      }
+    }
+  }
+} finally {
+  await nginx.stop();
+  origin?.stdin?.end();
+}
+
+const median = (xs: number[]) => {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = s.length >> 1;
+  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
+};
+const fmt = (n: number, d = 2) => n.toFixed(d);
+
+const tables: string[] = [];
+const bars: { title: string; bars: Bar[] }[] = [];
+for (const [w, rows] of results) {
+  const ok = (r: Row) => !r.error && r.samples.length > 0;
+  const ref = rows.find((r) => r.tool === REFERENCE && ok(r));
+  const refWall = ref ? median(ref.samples.map((s) => s.wall)) : undefined;
+  const refCpu = ref ? median(ref.samples.map((s) => s.cpu)) : undefined;
+  const lines = [
+    `### ${w.title}`,
+    "",
+    "| tool | median wall s | (min–max) | MB/s | median CPU s | peak RSS MB | wall ÷ dlqueue | CPU ÷ dlqueue |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ];
+  const panel: Bar[] = [];
+  for (const r of rows) {
+    const label = TOOLS[r.tool].label;
+    if (!ok(r)) {
+      lines.push(`| ${label} | **FAILED** | | | | | | |`);
+      panel.push({ label, failed: true });
+      continue;
+    }
+    const walls = r.samples.map((s) => s.wall);
+    const wall = median(walls);
+    const cpu = median(r.samples.map((s) => s.cpu));
+    const rss = Math.max(...r.samples.map((s) => s.rssMB));
+    const ratio = (x: number, base?: number) => (base ? `${fmt(x / base)}×` : "–");
+    lines.push(
+      `| ${label} | ${fmt(wall)} | ${fmt(Math.min(...walls))}–${fmt(Math.max(...walls))} | ${fmt(w.bytes / 1e6 / wall, 0)} | ${fmt(cpu)} | ${fmt(rss, 0)} | ${ratio(wall, refWall)} | ${ratio(cpu, refCpu)} |`,
+    );
+    panel.push({ label, seconds: wall, ratio: refWall ? wall / refWall : undefined, reference: r === ref });
+  }
+  const failures = rows.filter((r) => r.error);
+  if (failures.length) lines.push("", ...failures.map((r) => `- FAILED ${TOOLS[r.tool].label}: ${r.error}`));
+  lines.push(
+    "",
+    "<details><summary>commands</summary>",
+    "",
+    ...rows.map((r) => `- \`${r.command}\``),
+    "",
+    "</details>",
+  );
+  tables.push(lines.join("\n"));
+  bars.push({ title: w.title, bars: panel });
+}
+
+// Version banners go to stdout or stderr depending on the tool; the first line is enough.
+const version = (cmd: string, flag: string) => {
+  const r = spawnSync(cmd, [flag], { encoding: "utf8" });
+  return `${r.stdout}${r.stderr}`.split("\n")[0]?.replace(/ \(.*/, "").trim();
+};
+const { cpus, totalmem, release } = await import("node:os");
+const machine = [
+  `- date: ${new Date().toISOString()}; repetitions: ${reps}${args.quick ? " (--quick sizes)" : ""}; whole benchmark took ${fmt((performance.now() - benchStart) / 60_000, 1)} min`,
+  `- CPU: ${cpus()[0]?.model} × ${cpus().length} cores; RAM ${gib(totalmem())}; kernel ${release()}`,
+  `- node ${process.version}; ${version("curl", "--version")}; ${version("aria2c", "--version")}; ${version("/usr/sbin/nginx", "-v")}`,
+];
+const md = `# dlqueue benchmark
+
+Generated by \`npm run bench\` (bench/run.ts). Every tool ran in the same run against the same local server, in
+round-robin order per repetition; each run downloaded into a fresh empty folder and every file was then checked by
+sha256 (a missing, extra or wrong file makes the run FAILED, never a number).
+
+${machine.join("\n")}
+
+How to read it:
+- wall: from spawn to exit of the client, seconds; MB/s = 10^6 bytes per wall second; medians over the repetitions.
+- CPU: user + sys of the client's whole process tree (GNU time); the server's CPU is not counted, but nginx and the test
+  origin run on the same ${cpus().length} cores.
+- peak RSS: the largest resident set of a single process in the client's tree, max over repetitions (GNU time \`%M\`).
+- ÷ dlqueue: the tool's median divided by dlqueue (library)'s; below 1 means less time or CPU than dlqueue.
+- nginx 127.0.0.1 with sendfile, tcp_nopush, keepalive, access_log off; its files are in the page cache, so disk reads
+  play no part. Downloads are written to the same ext4 filesystem without fsync by the harness; \`sync\` runs before
+  every run so earlier writeback does not land on the next one.
+- aria2c runs with \`--file-allocation=none\`; its 1-connection rows use \`-x1 -s1\`.
+- dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`.
+${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
+${tables.join("\n\n")}
+`;
+
+const fullRun = !args.quick && !args.only;
+const dest = fullRun ? `${repo}/bench` : out;
+await writeFile(`${dest}/results.md`, md);
+writeChart(bars, `${dest}/results.png`);
+console.log(`\nwrote ${dest}/results.md and results.png`);
+console.log(tables.join("\n\n"));
