@@ -2,8 +2,8 @@ import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
 import { STATUS_CODES } from "node:http";
 import { join } from "node:path";
-import { Transform } from "node:stream";
-import { pipeline } from "node:stream/promises";
+import { once } from "node:events";
+import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Dispatcher, request } from "undici";
 import {
@@ -34,7 +34,6 @@ import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
-const WRITE_HIGH_WATER_MARK = 1024 * 1024;
 /** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
 const TRANSIENT_ERRNO = new Set([
   "ECONNRESET",
@@ -183,7 +182,7 @@ class Attempt {
         }
         consumed = true;
         if (plan.action === "complete") {
-          await response.body.dump();
+          await discardBody(response);
           return await this.#finish(
             finalPath,
             plan.totalBytes,
@@ -194,7 +193,7 @@ class Attempt {
         const start = plan.action === "append" ? offset : 0;
         return await this.#receive(response, url, finalPath, start, plan.totalBytes);
       } finally {
-        if (!consumed) response.body.destroy();
+        if (!consumed) await discardBody(response);
       }
     }
     throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed; retrying.`);
@@ -222,7 +221,7 @@ class Attempt {
       });
       const location = header(response.headers, "location");
       if (!REDIRECTS.has(response.statusCode) || !location) return { response, url };
-      await response.body.dump();
+      await discardBody(response);
       if (hops >= this.settings.maxRedirects)
         throw new TooManyRedirectsError(this.req.source, this.settings.maxRedirects);
       const next = new URL(location, url);
@@ -256,25 +255,22 @@ class Attempt {
       bytes: start,
     });
 
-    const handle = await openPartial(finalPath, start);
+    const durable = (totalBytes ?? 0) - start >= FSYNC_MIN_BYTES;
+    const sink = await openPartial(finalPath, start, durable);
     try {
-      const meter = new Transform({
-        transform: (chunk: Buffer, _encoding, callback) => {
-          this.bytes += chunk.length;
-          if (expectedSize !== undefined && this.bytes > expectedSize) {
-            callback(new ResponseTooLargeError(url.href, expectedSize, this.bytes));
-            return;
-          }
-          hash?.update(chunk);
-          this.observer.onBytes(this.bytes);
-          callback(null, chunk);
-        },
-      });
-      const sink = handle.createWriteStream({ start, autoClose: false, highWaterMark: WRITE_HIGH_WATER_MARK });
-      await pipeline(response.body, meter, sink);
-      if (this.bytes - start >= FSYNC_MIN_BYTES) await handle.sync();
+      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+        this.bytes += chunk.length;
+        if (expectedSize !== undefined && this.bytes > expectedSize) {
+          throw new ResponseTooLargeError(url.href, expectedSize, this.bytes);
+        }
+        hash?.update(chunk);
+        if (!sink.write(chunk)) await once(sink, "drain");
+        this.observer.onBytes(this.bytes);
+      }
     } finally {
-      await handle.close();
+      // Ending (not destroying) the file stream keeps every byte received before a drop, for the next resume.
+      sink.end();
+      await finished(sink);
     }
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
@@ -306,6 +302,11 @@ class Attempt {
     }
     return hash;
   }
+}
+
+/** Reads a small body to keep the connection reusable; a large one closes the socket instead. */
+async function discardBody(response: Dispatcher.ResponseData): Promise<void> {
+  await response.body.dump({ limit: 64 * 1024 }).catch(() => {});
 }
 
 function httpError(response: Dispatcher.ResponseData, url: URL): HttpError {
