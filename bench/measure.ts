@@ -8,8 +8,8 @@ export interface Sample {
   wall: number;
   /** user + sys seconds of the whole process tree (GNU time reports waited-for descendants). */
   cpu: number;
-  /** Peak resident set in MB of the largest single process in the tree (getrusage semantics). */
-  rssMB: number;
+  /** Peak resident set in MiB of the largest single process in the tree (getrusage semantics). */
+  rssMiB: number;
 }
 
 export type Outcome = { ok: true; sample: Sample } | { ok: false; error: string };
@@ -47,7 +47,7 @@ export async function measure(cmd: string[], timeFile: string, timeoutMs: number
   const [user, sys, maxKB] = line.split(" ").map(Number);
   if (user === undefined || sys === undefined || maxKB === undefined || Number.isNaN(maxKB))
     return { ok: false, error: `unreadable GNU time output: ${line}` };
-  return { ok: true, sample: { wall, cpu: user + sys, rssMB: maxKB / 1024 } };
+  return { ok: true, sample: { wall, cpu: user + sys, rssMiB: maxKB / 1024 } };
 }
 
 // The line naming the error beats the tail: Node ends a crash with a stack dump and its version.

@@ -149,7 +149,7 @@ try {
         } else {
           row.samples.push(outcome.sample);
           const s = outcome.sample;
-          console.log(`${tag}: ${s.wall.toFixed(2)} s, cpu ${s.cpu.toFixed(2)} s, rss ${s.rssMB.toFixed(0)} MB`);
+          console.log(`${tag}: ${s.wall.toFixed(2)} s, cpu ${s.cpu.toFixed(2)} s, rss ${s.rssMiB.toFixed(0)} MiB`);
         }
       }
     }
@@ -176,7 +176,7 @@ for (const [w, rows] of results) {
   const lines = [
     `### ${w.title}`,
     "",
-    "| tool | median wall s | (min–max) | MB/s | median CPU s | peak RSS MB | wall ÷ dlqueue | CPU ÷ dlqueue |",
+    "| tool | median wall s | (min–max) | MB/s | median CPU s | peak RSS MiB | wall ÷ dlqueue | CPU ÷ dlqueue |",
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   const panel: Bar[] = [];
@@ -190,7 +190,7 @@ for (const [w, rows] of results) {
     const walls = r.samples.map((s) => s.wall);
     const wall = median(walls);
     const cpu = median(r.samples.map((s) => s.cpu));
-    const rss = Math.max(...r.samples.map((s) => s.rssMB));
+    const rss = Math.max(...r.samples.map((s) => s.rssMiB));
     const ratio = (x: number, base?: number) => (base ? `${fmt(x / base)}×` : "–");
     lines.push(
       `| ${label} | ${fmt(wall)} | ${fmt(Math.min(...walls))}–${fmt(Math.max(...walls))} | ${fmt(w.bytes / 1e6 / wall, 0)} | ${fmt(cpu)} | ${fmt(rss, 0)} | ${ratio(wall, refWall)} | ${ratio(cpu, refCpu)} |`,
