@@ -1,3 +1,4 @@
+export { ConsoleProgress } from "./cli/progress.js";
 export * from "./errors.js";
 export { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 export { defaultLogger, type Logger } from "./logger.js";

@@ -1,0 +1,286 @@
+/**
+ * Live progress on stderr: the TypeScript form of InvokeAI's TqdmProgress, plus the shared board the `dlqueue` CLI
+ * draws its total line on. Every line lives on one module-level cli-progress MultiBar, so several downloads (and
+ * several ConsoleProgress instances) redraw one block of the terminal instead of fighting over the cursor.
+ */
+import { basename } from "node:path";
+import { MultiBar, type SingleBar } from "cli-progress";
+import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
+
+/** One line of the board. */
+export interface BoardLine {
+  render(width: number): string;
+  /** What the line says for good once its work is over; undefined while it is live. */
+  final(): string | undefined;
+}
+
+/** The running MultiBar and its lines; the MultiBar exists only while at least one line is live. */
+let multiBar: MultiBar | undefined;
+const bars = new Map<BoardLine, SingleBar>();
+let sweepQueued = false;
+
+/** Draws `line` on the shared board until its `final()` says it is over. Callers check that stderr is a TTY. */
+export function showLine(line: BoardLine): void {
+  multiBar ??= createBoard();
+  bars.set(line, multiBar.create(1, 0, { line }));
+}
+
+function createBoard(): MultiBar {
+  const board = new MultiBar({
+    stream: process.stderr,
+    fps: 10,
+    // Keep wrapping on (cli-progress then cuts lines to the width itself): an abandoned board leaves the terminal
+    // exactly as it found it, cursor and all.
+    linewrap: true,
+    hideCursor: false,
+    gracefulExit: false,
+    // A line logged above the board shifts it down; redrawing every line each frame repairs that at once.
+    forceRedraw: true,
+    format: (_options, params, payload: { line: BoardLine }) =>
+      payload.line.final() ?? payload.line.render(params.maxWidth - 1),
+  });
+  // The redraw timer must not keep a process alive: a line whose job never leaves "running" (a multi-file job of a
+  // stopped queue stays "running") would otherwise hang the program after its downloads are over. cli-progress
+  // re-arms the timer just before these two events. What the last frame missed is drawn on beforeExit.
+  const unrefTimer = () => (board as unknown as { timer?: NodeJS.Timeout | null }).timer?.unref();
+  board.on("start", unrefTimer);
+  board.on("update-post", unrefTimer);
+  // Lines are finished after a frame, never inside one: MultiBar.remove() redraws, and a redraw nested in a redraw
+  // leaks its timer.
+  board.on("update-pre", () => {
+    if (sweepQueued) return;
+    sweepQueued = true;
+    queueMicrotask(() => {
+      sweepQueued = false;
+      sweepLines();
+    });
+  });
+  process.on("beforeExit", settleBeforeExit);
+  return board;
+}
+
+/** Nothing else will run: retire what has ended, and leave whatever has not as it stands, on its own lines. */
+function settleBeforeExit(): void {
+  sweepLines();
+  if (multiBar) closeBoard(multiBar);
+}
+
+function closeBoard(board: MultiBar): void {
+  // The last lines are drawn in place (format() shows their final text) rather than logged, so no blank line is
+  // left where the board was.
+  board.update();
+  board.stop();
+  bars.clear();
+  multiBar = undefined;
+  process.off("beforeExit", settleBeforeExit);
+}
+
+/**
+ * Retires every line whose work is over: its final text scrolls up above the live lines, and the board stops (its
+ * timer with it) when no line is left. Runs every frame; call it to settle the board at once.
+ */
+export function sweepLines(): void {
+  const board = multiBar;
+  if (!board) return;
+  for (const [line, bar] of bars) {
+    const text = line.final();
+    if (text === undefined) continue;
+    if (bars.size === 1) {
+      closeBoard(board);
+      return;
+    }
+    bars.delete(line);
+    board.log(`${text}\n`);
+    board.remove(bar);
+  }
+}
+
+/** Writes a message to stderr without tearing the live lines: above them while the board is up, else directly. */
+export function printAbove(text: string): void {
+  const line = text.endsWith("\n") ? text : `${text}\n`;
+  if (multiBar) multiBar.log(line);
+  else process.stderr.write(line);
+}
+
+/**
+ * A progress bar per download on stderr: `download({ ..., onProgress: new ConsoleProgress().update })`. One
+ * instance can serve many jobs, single- or multi-file. The bar shows the file name, percent, bytes, speed and ETA;
+ * it stops by itself once the job is no longer running (completed, failed, cancelled, or the queue was stopped),
+ * leaving its final line. Draws nothing when stderr is not a terminal.
+ */
+export class ConsoleProgress {
+  readonly #lines = new Map<number, JobLine>();
+
+  /** An arrow property, so `progress.update` can be handed over as a callback without binding. */
+  readonly update = (job: DownloadJob | MultiFileDownloadJob): void => {
+    if (!process.stderr.isTTY) return;
+    let line = this.#lines.get(job.id);
+    if (!line || line.final() !== undefined) {
+      // A job is only drawn while it runs; a paused job that runs again gets a fresh bar.
+      if (job.status !== "running") return;
+      line = new JobLine(job);
+      this.#lines.set(job.id, line);
+      showLine(line);
+    }
+  };
+}
+
+/** Seconds of history behind a speed: long enough to smooth bursts, short enough to follow the link. */
+const SPEED_WINDOW_MS = 3000;
+
+/** Bytes per second over the last few seconds, so the speed follows the link rather than the whole history. */
+export class SpeedMeter {
+  readonly #samples: { at: number; bytes: number }[] = [];
+
+  sample(bytes: number): void {
+    const at = performance.now();
+    this.#samples.push({ at, bytes });
+    // Keep one sample older than the window so the rate always spans the whole window.
+    while (this.#samples.length > 2 && at - (this.#samples[1] as { at: number }).at > SPEED_WINDOW_MS) {
+      this.#samples.shift();
+    }
+  }
+
+  /** undefined until two samples at least 200 ms apart exist. */
+  bytesPerSecond(): number | undefined {
+    const first = this.#samples[0];
+    const last = this.#samples.at(-1);
+    if (!first || !last || last.at - first.at < 200) return undefined;
+    return ((last.bytes - first.bytes) * 1000) / (last.at - first.at);
+  }
+}
+
+type ProgressJob = DownloadJob | MultiFileDownloadJob;
+
+class JobLine implements BoardLine {
+  readonly #job: ProgressJob;
+  readonly #meter = new SpeedMeter();
+  readonly #startedAt = performance.now();
+  #endedAt: number | undefined;
+  /** Bytes already on disk when this bar appeared (a resumed partial): not part of this run's speed. */
+  readonly #startBytes: number;
+
+  constructor(job: ProgressJob) {
+    this.#job = job;
+    this.#startBytes = job.bytes;
+  }
+
+  get #name(): string {
+    const job = this.#job;
+    return basename(job.downloadPath ?? job.dest);
+  }
+
+  render(width: number): string {
+    const job = this.#job;
+    // Sampled per frame rather than per progress callback, so a stalled link shows its speed falling.
+    this.#meter.sample(job.bytes);
+    const speed = this.#meter.bytesPerSecond();
+    const eta = speed && job.totalBytes > 0 ? (job.totalBytes - job.bytes) / speed : undefined;
+    return formatLine(width, {
+      name: this.#name,
+      bytes: job.bytes,
+      totalBytes: job.totalBytes,
+      speed,
+      note: eta === undefined ? undefined : `ETA ${formatDuration(eta)}`,
+    });
+  }
+
+  final(): string | undefined {
+    const job = this.#job;
+    if (job.status === "running") return undefined;
+    const width = (process.stderr.columns || 80) - 1;
+    const line = { name: this.#name, bytes: job.bytes, totalBytes: job.totalBytes };
+    if (job.status === "completed") {
+      this.#endedAt ??= performance.now();
+      const seconds = (this.#endedAt - this.#startedAt) / 1000;
+      const speed = seconds > 0 ? (job.bytes - this.#startBytes) / seconds : undefined;
+      return formatLine(width, {
+        ...line,
+        totalBytes: job.bytes,
+        bytesOnly: true,
+        speed,
+        note: `done in ${formatDuration(seconds)}`,
+      });
+    }
+    const why = job.status === "error" ? "failed" : job.status === "cancelled" ? "cancelled" : "stopped";
+    return formatLine(width, { ...line, note: why });
+  }
+}
+
+/** What one board line shows; the numbers sit in fixed-width slots so the columns of all lines line up. */
+export interface LineFields {
+  name: string;
+  bytes: number;
+  /** 0 when unknown: no bar and no percent then. */
+  totalBytes: number;
+  /** Only the bytes, not "bytes/total" (a finished file). */
+  bytesOnly?: boolean;
+  speed?: number;
+  /** ETA, "done in 0:12", "failed"... */
+  note?: string;
+}
+
+const PERCENT_WIDTH = 4;
+const AMOUNT_WIDTH = 15;
+const SPEED_WIDTH = 10;
+const NOTE_WIDTH = 12;
+const STATS_WIDTH = PERCENT_WIDTH + AMOUNT_WIDTH + SPEED_WIDTH + NOTE_WIDTH + 6;
+
+/** `name  [█████░░░░░]   42%  126 MB/300 MB  12.3 MB/s  ETA 0:14`, fitted to `width` columns. */
+export function formatLine(width: number, line: LineFields): string {
+  const known = line.totalBytes > 0;
+  const fraction = known ? Math.min(1, line.bytes / line.totalBytes) : 0;
+  const amount =
+    known && !line.bytesOnly ? `${formatBytes(line.bytes)}/${formatBytes(line.totalBytes)}` : formatBytes(line.bytes);
+  const stats = [
+    (known ? `${Math.floor(fraction * 100)}%` : "").padStart(PERCENT_WIDTH),
+    amount.padStart(AMOUNT_WIDTH),
+    (line.speed === undefined ? "" : formatSpeed(line.speed)).padStart(SPEED_WIDTH),
+    line.note ?? "",
+  ].join("  ");
+  // The name gets room first (it says which file this is), the bar what is left, up to 30 columns.
+  const rest = width - STATS_WIDTH - 2;
+  const nameWidth = Math.min(32, Math.max(16, rest - 14));
+  const barWidth = Math.min(30, rest - nameWidth - 4);
+  const bar = barWidth < 8 ? "" : known ? `[${drawBar(fraction, barWidth)}]  ` : " ".repeat(barWidth + 4);
+  return `${fit(line.name, nameWidth)}  ${bar}${stats}`.slice(0, width).trimEnd();
+}
+
+function drawBar(fraction: number, width: number): string {
+  const full = Math.round(fraction * width);
+  return "█".repeat(full) + "░".repeat(width - full);
+}
+
+/** Pads or cuts `text` to exactly `width` characters; a cut keeps both ends (`model-00…ensors`), as names differ in both. */
+function fit(text: string, width: number): string {
+  if (text.length <= width) return text.padEnd(width);
+  const head = Math.ceil((width - 1) / 2);
+  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
+}
+
+const UNITS = ["B", "kB", "MB", "GB", "TB", "PB"];
+
+/** Decimal units with three significant digits, as model hubs show sizes: `999 B`, `1.23 GB`, `12.3 MB`. */
+export function formatBytes(bytes: number): string {
+  let value = bytes;
+  let unit = 0;
+  while (value >= 999.5 && unit < UNITS.length - 1) {
+    value /= 1000;
+    unit++;
+  }
+  if (unit === 0) return `${Math.round(value)} B`;
+  return `${value.toFixed(value < 9.995 ? 2 : value < 99.95 ? 1 : 0)} ${UNITS[unit]}`;
+}
+
+export function formatSpeed(bytesPerSecond: number): string {
+  return `${formatBytes(bytesPerSecond)}/s`;
+}
+
+/** `0:07`, `12:34`, `1:02:03`. */
+export function formatDuration(seconds: number): string {
+  const total = Math.max(0, Math.round(seconds));
+  const h = Math.floor(total / 3600);
+  const m = Math.floor((total % 3600) / 60);
+  const s = String(total % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
