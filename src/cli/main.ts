@@ -1,0 +1,35 @@
+#!/usr/bin/env node
+/** The `dlqueue` command. Exit status: 0 all done, 1 some downloads failed, 2 bad usage, 128+n on signal n. */
+import { readFileSync } from "node:fs";
+import { Command, CommanderError } from "commander";
+import { addGetCommand } from "./get.js";
+
+// Two levels up from both src/cli/main.ts and dist/cli/main.js.
+const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
+
+const program = new Command("dlqueue")
+  .description("A download queue for very large files (AI model weights): parallel, prioritized, resumable.")
+  .version(version)
+  // Usage errors must exit 2, not commander's 1; settings set here are inherited by the subcommands.
+  .exitOverride()
+  .showHelpAfterError("(add --help for usage)");
+addGetCommand(program);
+
+let code: number;
+try {
+  await program.parseAsync();
+  code = Number(process.exitCode ?? 0);
+} catch (err) {
+  if (err instanceof CommanderError) {
+    // Help and --version end in a CommanderError too, with exit code 0.
+    code = err.exitCode === 0 ? 0 : 2;
+  } else {
+    process.stderr.write(`dlqueue: unexpected error: ${err instanceof Error ? (err.stack ?? err.message) : err}\n`);
+    code = 1;
+  }
+}
+// Piped output is written asynchronously; exiting before it drains would cut the last JSON lines.
+await Promise.all([process.stdout, process.stderr].map((stream) => new Promise((done) => stream.write("", done))));
+process.exit(code);
