@@ -1,0 +1,591 @@
+/**
+ * The `dlqueue` command, driven as users drive it: the built dist/cli/main.js in a child process against the
+ * fault-injecting origin, in a pseudo-terminal (util-linux `script`) for the bars and through pipes for JSON lines.
+ * Run `npm run build` first.
+ */
+import assert from "node:assert/strict";
+import { type ChildProcess, execFileSync, spawn } from "node:child_process";
+import { createHash } from "node:crypto";
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, it } from "node:test";
+import { fileURLToPath } from "node:url";
+import { Agent } from "undici";
+import { tokenRulesFromEnv } from "../src/cli/get.js";
+import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
+import { formatBytes, formatDuration } from "../src/cli/progress.js";
+import { DownloadQueue } from "../src/index.js";
+import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
+
+const ROOT = fileURLToPath(new URL("..", import.meta.url));
+const CLI = join(ROOT, "dist/cli/main.js");
+const INDEX = join(ROOT, "dist/index.js");
+
+// biome-ignore lint/suspicious/noControlCharactersInRegex: stripping terminal escape sequences is the point
+const ANSI = /\u001b(?:\[[0-9;?]*[A-Za-z]|[78])/g;
+
+let origin: Origin;
+let work: string;
+let dirCount = 0;
+
+function freshDir(): string {
+  const dir = join(work, `run-${++dirCount}`);
+  execFileSync("mkdir", ["-p", dir]);
+  return dir;
+}
+
+function sha256File(path: string): string {
+  return createHash("sha256").update(readFileSync(path)).digest("hex");
+}
+
+async function assertFile(path: string, route: Route): Promise<void> {
+  assert.ok(existsSync(path), `${path} should exist`);
+  assert.equal(statSync(path).size, route.size, `size of ${path}`);
+  assert.equal(sha256File(path), await route.sha256(), `sha256 of ${path}`);
+  assert.ok(!existsSync(`${path}.downloading`), `no partial left beside ${path}`);
+}
+
+/** The environment of a user with no tokens set, whatever the test runner's environment holds. */
+function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const name of ["HF_TOKEN", "CIVITAI_TOKEN", "NODE_OPTIONS", "NODE_DEBUG", "NODE_TEST_CONTEXT"]) delete env[name];
+  return { ...env, ...extra };
+}
+
+type JsonLine = Record<string, unknown> & { event: string };
+
+interface Finished {
+  code: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** A running CLI whose stdout is a pipe (so it prints JSON lines) and whose output can be awaited line by line. */
+class CliRun {
+  readonly child: ChildProcess;
+  readonly exited: Promise<Finished>;
+  stdout = "";
+  stderr = "";
+  #listeners = new Set<() => void>();
+
+  constructor(args: string[], options: { env?: NodeJS.ProcessEnv; stdin?: string; cwd?: string } = {}) {
+    this.child = spawn(process.execPath, [CLI, ...args], {
+      cwd: options.cwd ?? work,
+      env: options.env ?? cleanEnv(),
+      stdio: ["pipe", "pipe", "pipe"],
+    });
+    this.child.stdin?.end(options.stdin ?? "");
+    this.child.stdout?.setEncoding("utf8").on("data", (chunk: string) => {
+      this.stdout += chunk;
+      for (const listener of this.#listeners) listener();
+    });
+    this.child.stderr?.setEncoding("utf8").on("data", (chunk: string) => {
+      this.stderr += chunk;
+    });
+    this.exited = new Promise((resolve) => {
+      this.child.on("close", (code) => resolve({ code, stdout: this.stdout, stderr: this.stderr }));
+    });
+  }
+
+  events(): JsonLine[] {
+    return parseJsonLines(this.stdout);
+  }
+
+  /** Resolves with the first JSON line matching `predicate`, as soon as it is printed. */
+  waitForEvent(predicate: (line: JsonLine) => boolean): Promise<JsonLine> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        const found = this.events().find(predicate);
+        if (found) {
+          this.#listeners.delete(check);
+          resolve(found);
+        }
+      };
+      this.#listeners.add(check);
+      this.exited.then(() => {
+        if (this.#listeners.delete(check)) {
+          reject(new Error(`the CLI exited without printing the awaited line:\n${this.stdout}\n${this.stderr}`));
+        }
+      });
+      check();
+    });
+  }
+}
+
+function runCli(args: string[], options?: { env?: NodeJS.ProcessEnv; stdin?: string }): Promise<Finished> {
+  return new CliRun(args, options).exited;
+}
+
+/** Complete lines only: the last line may still be in flight. */
+function parseJsonLines(stdout: string): JsonLine[] {
+  const complete = stdout.slice(0, stdout.lastIndexOf("\n") + 1);
+  return complete
+    .split("\n")
+    .filter(Boolean)
+    .map((line) => JSON.parse(line) as JsonLine);
+}
+
+function jobLine(lines: JsonLine[], source: string): Record<string, unknown> {
+  const found = lines.find((line) => line.event === "job" && (line.job as { source: string }).source === source);
+  assert.ok(found, `a job line for ${source}`);
+  return found.job as Record<string, unknown>;
+}
+
+function shellQuote(word: string): string {
+  return `'${word.replaceAll("'", `'\\''`)}'`;
+}
+
+const hasUtilLinuxScript = (() => {
+  try {
+    return execFileSync("script", ["--version"], { encoding: "utf8" }).includes("util-linux");
+  } catch {
+    return false;
+  }
+})();
+
+/** Runs `node <script> args` inside a 120x40 pseudo-terminal; stdout and stderr both reach the terminal. */
+function runInPty(script: string, args: string[], env = cleanEnv()): Promise<{ code: number | null; screen: string }> {
+  const command = `stty cols 120 rows 40 && exec ${[process.execPath, script, ...args].map(shellQuote).join(" ")}`;
+  const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: work, env, stdio: ["pipe", "pipe", "pipe"] });
+  let output = "";
+  child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+    output += chunk;
+  });
+  return new Promise((resolve) => child.on("close", (code) => resolve({ code, screen: output })));
+}
+
+/** Every state each line of the board went through, escape sequences removed. */
+function renderedLines(screen: string): string[] {
+  return screen
+    .replace(ANSI, "\n")
+    .split(/[\r\n]+/)
+    .map((line) => line.trimEnd())
+    .filter(Boolean);
+}
+
+/** The percentages a bar for `name` showed, in order. */
+function barPercents(lines: string[], name: string): number[] {
+  const pattern = new RegExp(`^${name.replace(".", "\\.")}\\s+\\[[█░]+\\]\\s+(\\d+)%`);
+  return lines.flatMap((line) => {
+    const match = pattern.exec(line);
+    return match ? [Number(match[1])] : [];
+  });
+}
+
+before(async () => {
+  assert.ok(existsSync(CLI), `${CLI} is missing: run \`npm run build\` before this test`);
+  origin = await startOrigin();
+  work = mkdtempSync(join(tmpdir(), "dlqueue-cli-"));
+});
+
+after(async () => {
+  await origin.close();
+  rmSync(work, { recursive: true, force: true });
+});
+
+describe("dlqueue get on a terminal", { skip: hasUtilLinuxScript ? false : "needs util-linux script" }, () => {
+  it("draws a live bar per download and a total line, ends them at 100%, then prints the summary table", async () => {
+    const a = origin.route("/tty/a.bin", { size: 600_000, throttleBytesPerSec: 1_000_000 });
+    const b = origin.route("/tty/weights.safetensors", { size: 400_000, throttleBytesPerSec: 800_000 });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(CLI, ["get", "-d", dir, a.url, b.url]);
+    assert.equal(code, 0, screen);
+    const lines = renderedLines(screen);
+
+    for (const name of ["a.bin", "weights.safetensors"]) {
+      const percents = barPercents(lines, name);
+      assert.ok(
+        percents.some((p) => p > 0 && p < 100),
+        `${name}: a bar drawn mid-download, saw ${percents}`,
+      );
+      assert.equal(percents.at(-1), 100, `${name}: the bar ends at 100%`);
+      assert.ok(
+        lines.some((line) => line.startsWith(name) && /100%.*done in \d+:\d\d$/.test(line)),
+        `${name}: a final "done in" line`,
+      );
+    }
+    assert.ok(
+      lines.some((line) => /^Total 0\/2 done\s+\[[█░]+\]\s+\d+%/.test(line)),
+      "a live total line",
+    );
+    assert.ok(
+      lines.some((line) => /^Total 2\/2 done\s+\[█+\]\s+100%\s+1\.00 MB\/1\.00 MB.*done in/.test(line)),
+      "a final total line at 100% with the bytes of both files",
+    );
+
+    const header = lines.findIndex((line) => /^File\s+Size\s+Time\s+Avg speed\s+Status$/.test(line));
+    assert.ok(header >= 0, `a summary table:\n${lines.join("\n")}`);
+    assert.match(lines[header + 1] ?? "", /^a\.bin\s+600 kB\s+\d+:\d\d\s+\S+ [kM]B\/s\s+completed$/);
+    assert.match(lines[header + 2] ?? "", /^weights\.safetensors\s+400 kB\s+\d+:\d\d\s+\S+ [kM]B\/s\s+completed$/);
+    assert.ok(!screen.includes('"event"'), "no JSON lines on a terminal");
+    await assertFile(join(dir, "a.bin"), a);
+    await assertFile(join(dir, "weights.safetensors"), b);
+  });
+
+  it("ConsoleProgress().update works as a bare onProgress callback; instances share one board", async () => {
+    const a = origin.route("/lib/one.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
+    const b = origin.route("/lib/two.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
+    const dir = freshDir();
+    const script = join(dir, "use-library.mjs");
+    writeFileSync(
+      script,
+      `import { ConsoleProgress, DownloadQueue } from ${JSON.stringify(INDEX)};
+const [dest, ...urls] = process.argv.slice(2);
+const queue = new DownloadQueue();
+for (const source of urls) queue.download({ source, dest, onProgress: new ConsoleProgress().update });
+await queue.join();
+await queue.stop();
+`,
+    );
+    const { code, screen } = await runInPty(script, [dir, a.url, b.url]);
+    assert.equal(code, 0, screen);
+    // One shared board redraws both bars as a block, moving the cursor back up over it; two boards of one line
+    // each would never move up.
+    assert.ok(screen.includes("\u001b[1A"), "both bars are drawn on one board");
+    const lines = renderedLines(screen);
+    for (const name of ["one.bin", "two.bin"]) {
+      assert.equal(barPercents(lines, name).at(-1), 100, `${name} ends at 100%`);
+      assert.ok(lines.some((line) => line.startsWith(name) && /done in/.test(line)));
+    }
+    await assertFile(join(dir, "one.bin"), a);
+    await assertFile(join(dir, "two.bin"), b);
+
+    // Not a terminal: nothing is drawn.
+    const quiet = spawn(process.execPath, [script, freshDir(), a.url], { env: cleanEnv() });
+    let stderr = "";
+    quiet.stderr.setEncoding("utf8").on("data", (chunk: string) => {
+      stderr += chunk;
+    });
+    const quietCode = await new Promise((resolve) => quiet.on("close", resolve));
+    assert.equal(quietCode, 0);
+    assert.equal(stderr, "");
+  });
+});
+
+describe("dlqueue get with stdout not a terminal", () => {
+  it("prints JSON lines: started, progress, complete, then the job", async () => {
+    const route = origin.route("/json/model.bin", { size: 500_000, throttleBytesPerSec: 1_500_000 });
+    const dir = freshDir();
+    const { code, stdout, stderr } = await runCli(["get", "-d", dir, route.url]);
+    assert.equal(code, 0, stderr);
+    assert.equal(stderr, "", "no bars when stderr is not a terminal");
+    const lines = parseJsonLines(stdout);
+    assert.ok(stdout.endsWith("\n"));
+    const path = join(dir, "model.bin");
+    const events = lines.map((line) => line.event);
+    assert.equal(events[0], "download_started");
+    assert.deepEqual(events.slice(-2), ["download_complete", "job"]);
+    assert.deepEqual(lines[0], { event: "download_started", id: 0, source: route.url, download_path: path });
+    const progress = lines.filter((line) => line.event === "download_progress");
+    assert.ok(progress.length >= 2, "several progress lines for a throttled download");
+    let previous = -1;
+    for (const line of progress) {
+      assert.equal(line.total_bytes, route.size);
+      assert.ok((line.current_bytes as number) >= previous, "progress only goes forward");
+      previous = line.current_bytes as number;
+    }
+    assert.equal(previous, route.size);
+    assert.deepEqual(lines.at(-2), {
+      event: "download_complete",
+      id: 0,
+      source: route.url,
+      download_path: path,
+      total_bytes: route.size,
+    });
+    const job = jobLine(lines, route.url);
+    assert.equal(job.status, "completed");
+    assert.equal(job.bytes, route.size);
+    assert.equal(job.total_bytes, route.size);
+    assert.equal(job.download_path, path);
+    assert.equal(job.dest, dir);
+    assert.ok(typeof job.job_started === "string" && typeof job.job_ended === "string");
+    await assertFile(path, route);
+  });
+
+  it("--quiet prints nothing when all goes well", async () => {
+    const route = origin.route("/quiet/q.bin", { size: 10_000 });
+    const dir = freshDir();
+    const { code, stdout, stderr } = await runCli(["get", "--quiet", "-d", dir, route.url]);
+    assert.equal(code, 0);
+    assert.equal(stdout, "");
+    assert.equal(stderr, "");
+    await assertFile(join(dir, "q.bin"), route);
+  });
+});
+
+describe("dlqueue get exit codes", () => {
+  it("exits 1 when a download fails, printing its error_type and URL; the others complete", async () => {
+    const good = origin.route("/exit1/good.bin", { size: 50_000 });
+    const missing = `${origin.url}/exit1/missing.bin`;
+    const dir = freshDir();
+    const { code, stdout, stderr } = await runCli(["get", "-d", dir, good.url, missing]);
+    assert.equal(code, 1);
+    assert.match(stderr, new RegExp(`error: HTTPError\\(Not Found\\) ${missing}\\n  .*answered HTTP 404`));
+    assert.match(stderr, /1 of 2 downloads failed\./);
+    const lines = parseJsonLines(stdout);
+    assert.equal(jobLine(lines, missing).status, "error");
+    assert.equal(jobLine(lines, missing).error_type, "HTTPError(Not Found)");
+    assert.equal(jobLine(lines, good.url).status, "completed");
+    await assertFile(join(dir, "good.bin"), good);
+    assert.ok(!existsSync(join(dir, "missing.bin")));
+  });
+
+  it("exits 2 on bad usage, says what to fix, and downloads nothing", async () => {
+    const dir = freshDir();
+    const route = origin.route("/usage/never.bin", { size: 1000 });
+    const badList = join(dir, "list.txt");
+    writeFileSync(badList, `${route.url}\n  out=x.bin\n`);
+    const cases: [string[], RegExp][] = [
+      [["get"], /error: no URL given: pass one or more URLs, or --input-file FILE/],
+      [["get", "--bogus", route.url], /error: unknown option '--bogus'/],
+      [["get", "-d", dir, route.url, "not a url"], /Invalid URL "not a url": give an absolute http:\/\/ or https:\/\//],
+      [["get", "-d", dir, route.url, "ftp://example.com/x"], /Unsupported URL scheme "ftp:"/],
+      [["get", "-i", join(dir, "absent.txt")], /cannot read the input file .*absent\.txt: ENOENT/],
+      [
+        ["get", "-d", dir, "-i", badList],
+        /list\.txt:2: unknown option "out"; the options are dest=, sha256= and priority=/,
+      ],
+      [["get", "-d", join(dir, "one.bin"), route.url, `${route.url}?v=2`], /would both be written to .*one\.bin/],
+      [
+        ["get", "-j", "0", route.url],
+        /option '-j, --max-parallel <n>' argument '0' is invalid\. Give a whole number of at least 1/,
+      ],
+      [["get", "--sha256", "abc", "-d", dir, route.url], /sha256 must be 64 hexadecimal characters/],
+      [["get", "--header", "no colon here", route.url], /--header #1 is not of the form "Name: value"/],
+      [["frobnicate"], /unknown command 'frobnicate'/],
+    ];
+    for (const [args, message] of cases) {
+      const { code, stdout, stderr } = await runCli(args);
+      assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
+      assert.match(stderr, message, args.join(" "));
+      assert.equal(stdout, "", args.join(" "));
+    }
+    assert.equal(route.requests.length, 0, "a bad entry anywhere stops the run before any request");
+  });
+
+  it("documents the input file format, tokens, JSON lines and exit codes in --help (exit 0)", async () => {
+    const { code, stdout } = await runCli(["get", "--help"], { env: cleanEnv({ HF_TOKEN: "hf_helpSecret" }) });
+    assert.equal(code, 0);
+    for (const text of ["dest=", "sha256=", "priority=", "HF_TOKEN", "CIVITAI_TOKEN", '"event":"job"', "130"]) {
+      assert.ok(stdout.includes(text), `--help mentions ${text}`);
+    }
+    assert.ok(!stdout.includes("hf_helpSecret"));
+  });
+});
+
+describe("dlqueue get interrupted and run again", () => {
+  it("Ctrl-C exits 130 keeping the partial; the same command resumes it with a Range request", async () => {
+    const route = origin.route("/resume/big.bin", { size: 2_000_000, throttleBytesPerSec: 500_000 });
+    const dir = freshDir();
+    const args = ["get", "-d", dir, route.url];
+    const first = new CliRun(args);
+    await first.waitForEvent((line) => line.event === "download_progress" && (line.current_bytes as number) >= 200_000);
+    first.child.kill("SIGINT");
+    const interrupted = await first.exited;
+    assert.equal(interrupted.code, 130);
+    assert.match(
+      interrupted.stderr,
+      /^Interrupted: 1 partial file kept; run the same command again to resume\.$/m,
+      interrupted.stderr,
+    );
+    const stopped = jobLine(parseJsonLines(interrupted.stdout), route.url);
+    assert.equal(stopped.status, "waiting");
+    const path = join(dir, "big.bin");
+    assert.ok(!existsSync(path), "nothing at the final path yet");
+    const kept = statSync(`${path}.downloading`).size;
+    assert.ok(kept >= 200_000 && kept < route.size, `partial of ${kept} bytes`);
+
+    const requestsBefore = route.requests.length;
+    route.update({ throttleBytesPerSec: undefined });
+    const second = await runCli(args);
+    assert.equal(second.code, 0, second.stderr);
+    // With a folder as dest the queue first learns the file name from a plain GET, then asks for the rest.
+    const resumed = route.requests.slice(requestsBefore);
+    assert.equal(resumed.at(-1)?.headers.range, `bytes=${kept}-`, "the second run asked only for the rest");
+    const done = jobLine(parseJsonLines(second.stdout), route.url);
+    assert.equal(done.status, "completed");
+    assert.equal(done.bytes, route.size);
+    await assertFile(path, route);
+  });
+});
+
+describe("dlqueue get --input-file", () => {
+  it("honours dest=, sha256= and priority= on the URL line and on indented lines", async () => {
+    const one = origin.route("/list/one.bin", { size: 150_000 });
+    const two = origin.route("/list/two.bin", { size: 120_000 });
+    const three = origin.route("/list/three.bin", { size: 90_000 });
+    const corrupt = origin.route("/list/corrupt.bin", { size: 60_000 });
+    const base = freshDir();
+    const list = join(base, "models.txt");
+    writeFileSync(
+      list,
+      [
+        "# models for this test",
+        "",
+        `${one.url} dest=sub/first.bin sha256=${await one.sha256()}`,
+        two.url,
+        "  dest=with space/",
+        "  priority=1",
+        `${three.url}\tdest=sub/`,
+        corrupt.url,
+        `\tsha256=${"0".repeat(64)}`,
+        "",
+      ].join("\r\n"),
+    );
+    const { code, stdout, stderr } = await runCli(["get", "-j", "1", "-d", base, "-i", list]);
+    assert.equal(code, 1, stderr);
+    await assertFile(join(base, "sub/first.bin"), one);
+    await assertFile(join(base, "with space/two.bin"), two);
+    await assertFile(join(base, "sub/three.bin"), three);
+    assert.match(stderr, new RegExp(`error: ChecksumMismatch ${corrupt.url}`));
+    assert.ok(!existsSync(join(base, "corrupt.bin")), "the file that failed its checksum is not at its final path");
+    assert.ok(!existsSync(join(base, "corrupt.bin.downloading")), "nor kept as a partial");
+    const started = parseJsonLines(stdout).filter((line) => line.event === "download_started");
+    assert.equal(started[0]?.source, two.url, "priority=1 runs before the default 10 with -j 1");
+  });
+
+  it("reads the list from stdin with -i -", async () => {
+    const route = origin.route("/stdin/piped.bin", { size: 20_000 });
+    const dir = freshDir();
+    const { code, stderr } = await runCli(["get", "-d", dir, "-i", "-"], { stdin: `${route.url} dest=renamed.bin\n` });
+    assert.equal(code, 0, stderr);
+    await assertFile(join(dir, "renamed.bin"), route);
+  });
+
+  it("parses both layouts and names the line of each mistake", () => {
+    const entries = parseInputFile(
+      `# c\nhttps://h/a dest=x/ priority=-2\n  sha256=${"a".repeat(64)}\nhttps://h/b\n`,
+      "l",
+    );
+    assert.deepEqual(entries, [
+      { url: "https://h/a", line: 2, dest: "x/", priority: -2, sha256: "a".repeat(64) },
+      { url: "https://h/b", line: 4 },
+    ]);
+    const mistakes: [string, RegExp][] = [
+      ["  dest=x\n", /^l:1: an indented option line must follow a URL line/],
+      ["https://h/a\n\n  out=x\n", /^l:3: unknown option "out"/],
+      ["https://h/a https://mirror/a\n", /^l:1: expected key=value after the URL/],
+      ["https://h/a sha256=12\n", /^l:1: sha256= must be 64 hexadecimal characters/],
+      ["https://h/a priority=high\n", /^l:1: priority= must be an integer/],
+      ["https://h/a dest=x\n dest=y\n", /^l:2: dest= is given twice/],
+    ];
+    for (const [text, message] of mistakes) {
+      assert.throws(
+        () => parseInputFile(text, "l"),
+        (err: Error) => err instanceof InputFileError && message.test(err.message),
+      );
+    }
+  });
+});
+
+describe("dlqueue get --sha256", () => {
+  it("a mismatch exits 1 with ChecksumMismatch and leaves no file; the right hash completes", async () => {
+    const route = origin.route("/sha/checked.bin", { size: 80_000 });
+    const dir = freshDir();
+    const path = join(dir, "checked.bin");
+    const wrong = "f".repeat(64);
+    const bad = await runCli(["get", "--sha256", wrong, "-d", dir, route.url]);
+    assert.equal(bad.code, 1);
+    assert.match(
+      bad.stderr,
+      new RegExp(`error: ChecksumMismatch ${route.url}\\n  sha256 of .* but ${wrong} was expected`),
+    );
+    assert.equal(jobLine(parseJsonLines(bad.stdout), route.url).error_type, "ChecksumMismatch");
+    assert.ok(!existsSync(path), "a file that fails its checksum never reaches the final path");
+    assert.ok(!existsSync(`${path}.downloading`), "and is not kept for a resume");
+
+    const good = await runCli(["get", "--sha256", (await route.sha256()).toUpperCase(), "-d", dir, route.url]);
+    assert.equal(good.code, 0, good.stderr);
+    await assertFile(path, route);
+  });
+});
+
+describe("dlqueue get access tokens", () => {
+  it("maps HF_TOKEN and CIVITAI_TOKEN to their hosts and subdomains only", () => {
+    const rules = tokenRulesFromEnv({ HF_TOKEN: " hf_abc ", CIVITAI_TOKEN: "civ_xyz", OTHER: "x" });
+    const tokenFor = (url: string) => rules.find((rule) => (rule.url as RegExp).test(new URL(url).href))?.token;
+    assert.equal(tokenFor("https://huggingface.co/org/model/resolve/main/model.safetensors"), "hf_abc");
+    assert.equal(tokenFor("https://cdn-lfs.huggingface.co/repos/x"), "hf_abc");
+    assert.equal(tokenFor("http://HuggingFace.co:8080/x"), "hf_abc");
+    assert.equal(tokenFor("https://civitai.com/api/download/models/152309?type=Model"), "civ_xyz");
+    assert.equal(tokenFor("https://www.civitai.com/x"), "civ_xyz");
+    for (const url of [
+      "https://huggingface.co.evil.com/x",
+      "https://evilhuggingface.co/x",
+      "https://huggingface.co@evil.com/x",
+      "https://evil.com/huggingface.co/x",
+      "https://evil.com/?next=https://huggingface.co/",
+      "https://civitai.community/x",
+      "https://example.com/x",
+    ]) {
+      assert.equal(tokenFor(url), undefined, url);
+    }
+    assert.deepEqual(tokenRulesFromEnv({ HF_TOKEN: "  ", CIVITAI_TOKEN: "" }), []);
+  });
+
+  it("the HF_TOKEN rule reaches a huggingface.co URL as a Bearer token, and no other host", async () => {
+    const gated = origin.route("/org/gated/resolve/main/model.bin", { size: 5_000, requireToken: "hf_e2e" });
+    const open = origin.route("/open/model.bin", { size: 5_000 });
+    const port = new URL(origin.url).port;
+    // huggingface.co cannot be reached from a test; every host name resolves to the local origin instead.
+    const dispatcher = new Agent({
+      connect: {
+        lookup: (_host, options, callback) =>
+          options.all ? callback(null, [{ address: "127.0.0.1", family: 4 }]) : callback(null, "127.0.0.1", 4),
+      },
+    });
+    const queue = new DownloadQueue({ tokens: tokenRulesFromEnv({ HF_TOKEN: "hf_e2e" }), dispatcher });
+    const hfDir = freshDir();
+    const otherDir = freshDir();
+    const hf = queue.download({ source: `http://huggingface.co:${port}${gated.key}`, dest: hfDir });
+    const other = queue.download({ source: `http://example.com:${port}${open.key}`, dest: otherDir });
+    await queue.join();
+    await queue.stop();
+    await dispatcher.close();
+    assert.equal(hf.status, "completed", hf.error);
+    assert.equal(other.status, "completed", other.error);
+    assert.equal(gated.requests[0]?.headers.authorization, "Bearer hf_e2e");
+    assert.equal(open.requests[0]?.headers.authorization, undefined);
+    await assertFile(join(hfDir, "model.bin"), gated);
+    await assertFile(join(otherDir, "model.bin"), open);
+  });
+
+  it("--token authenticates the URL and is never printed; HF_TOKEN is not sent to other hosts", async () => {
+    const token = "tok_Secret_123";
+    const route = origin.route("/auth/private.bin", { size: 30_000, requireToken: token });
+    const dir = freshDir();
+    const env = cleanEnv({ HF_TOKEN: "hf_NeverSent", CIVITAI_TOKEN: "civ_NeverSent" });
+    const ok = await runCli(["get", "--token", token, "-d", dir, route.url], { env });
+    assert.equal(ok.code, 0, ok.stderr);
+    assert.equal(route.requests.at(-1)?.headers.authorization, `Bearer ${token}`);
+    await assertFile(join(dir, "private.bin"), route);
+
+    const wrong = await runCli(["get", "--token", "tok_Wrong_456", "-d", freshDir(), route.url], { env });
+    assert.equal(wrong.code, 1);
+    assert.match(wrong.stderr, /error: HTTPError\(Forbidden\)/);
+
+    const anonymous = origin.route("/auth/public.bin", { size: 1_000 });
+    const plain = await runCli(["get", "-d", freshDir(), anonymous.url], { env });
+    assert.equal(plain.code, 0, plain.stderr);
+    assert.equal(anonymous.requests[0]?.headers.authorization, undefined, "HF_TOKEN goes to huggingface.co only");
+
+    for (const run of [ok, wrong, plain]) {
+      for (const secret of [token, "tok_Wrong_456", "hf_NeverSent", "civ_NeverSent"]) {
+        assert.ok(!run.stdout.includes(secret) && !run.stderr.includes(secret), `${secret} was printed`);
+      }
+    }
+  });
+});
+
+describe("formatting", () => {
+  it("sizes and durations read like a model hub's", () => {
+    assert.equal(formatBytes(999), "999 B");
+    assert.equal(formatBytes(1_000), "1.00 kB");
+    assert.equal(formatBytes(719_020_768), "719 MB");
+    assert.equal(formatBytes(6_938_041_000), "6.94 GB");
+    assert.equal(formatDuration(7.4), "0:07");
+    assert.equal(formatDuration(754), "12:34");
+    assert.equal(formatDuration(3723), "1:02:03");
+  });
+});
