@@ -3,12 +3,13 @@
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
+import { cpus, loadavg, release, totalmem } from "node:os";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Bar, writeChart } from "./chart.js";
 import { ensureData, FULL, QUICK } from "./data.js";
-import { measure, type Sample, verify } from "./measure.js";
+import { measure, type Outcome, type Sample, verify } from "./measure.js";
 import { ensureTools, startNginx } from "./nginx.js";
 import { DLQUEUE_DIST, REFERENCE, TOOLS, type ToolId } from "./tools.js";
 
@@ -45,6 +46,8 @@ const reps = Number(args.reps);
 const sizes = args.quick ? QUICK : FULL;
 const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
 const benchStart = performance.now();
+// Other work on this machine adds noise; the load average before and after says how much there was.
+const loadBefore = loadavg();
 
 ensureTools();
 if (!existsSync(DLQUEUE_DIST)) {
@@ -114,38 +117,49 @@ if (want("throttled")) {
   } else skipped.push("throttled: test/helpers/origin.ts does not exist yet");
 }
 
+/** One download by one tool into a fresh folder, verified and then deleted. */
+async function runOnce(w: Workload, tool: ToolId): Promise<{ command: string; outcome: Outcome }> {
+  const dir = await mkdtemp(`${out}/runs/dl-`);
+  const work = await mkdtemp(`${out}/runs/work-`);
+  const cmd = TOOLS[tool].command({ urls: w.urls, dir, work, source: w.source });
+  const command = cmd
+    .join(" ")
+    .replaceAll(dir, "<dir>")
+    .replaceAll(work, "<work>")
+    .replaceAll(data.root, "<data>")
+    .replaceAll(`${repo}/`, "");
+  // Writeback of an earlier run's files must not land on this one.
+  execFileSync("sync");
+  // Generous, only there so that a hung client cannot stall the whole benchmark.
+  const timeoutMs = 60_000 + (w.bytes / 10e6) * 1000;
+  let outcome = await measure(cmd, `${work}/time.txt`, timeoutMs);
+  const problem = outcome.ok ? await verify(dir, w.expected) : null;
+  if (problem) outcome = { ok: false, error: problem };
+  await rm(dir, { recursive: true, force: true });
+  await rm(work, { recursive: true, force: true });
+  return { command, outcome };
+}
+
 const results = new Map<Workload, Row[]>();
 await mkdir(`${out}/runs`, { recursive: true });
 try {
   for (const w of workloads) {
     const rows = w.tools.map((tool): Row => ({ tool, samples: [] }));
     results.set(w, rows);
-    // Generous, only there so that a hung client cannot stall the whole benchmark.
-    const timeoutMs = 60_000 + (w.bytes / 10e6) * 1000;
+    // An untimed pass first, so that whichever tool goes first does not pay for a cold server or page cache.
+    const warm = await runOnce(w, "curl");
+    console.log(`${w.id} warm-up (curl, untimed): ${warm.outcome.ok ? "ok" : warm.outcome.error}`);
     for (let rep = 0; rep < reps; rep++) {
-      // Rotating the order each repetition spreads drift and cache warmth over all tools.
+      // Rotating the order each repetition spreads drift over all tools.
       const order = rows.map((_, i) => rows[(i + rep) % rows.length] as Row);
       for (const row of order) {
         if (row.error) continue;
-        const dir = await mkdtemp(`${out}/runs/dl-`);
-        const work = await mkdtemp(`${out}/runs/work-`);
-        const cmd = TOOLS[row.tool].command({ urls: w.urls, dir, work, source: w.source });
-        row.command ??= cmd
-          .join(" ")
-          .replaceAll(dir, "<dir>")
-          .replaceAll(work, "<work>")
-          .replaceAll(data.root, "<data>")
-          .replaceAll(`${repo}/`, "");
-        // Writeback of an earlier run's files must not land on this one.
-        execFileSync("sync");
-        const outcome = await measure(cmd, `${work}/time.txt`, timeoutMs);
-        const problem = outcome.ok ? await verify(dir, w.expected) : outcome.error;
-        await rm(dir, { recursive: true, force: true });
-        await rm(work, { recursive: true, force: true });
+        const { command, outcome } = await runOnce(w, row.tool);
+        row.command ??= command;
         const tag = `${w.id} rep ${rep + 1}/${reps} ${row.tool}`;
-        if (problem || !outcome.ok) {
-          row.error = `rep ${rep + 1}: ${problem}`;
-          console.log(`${tag}: FAILED ${problem}`);
+        if (!outcome.ok) {
+          row.error = `rep ${rep + 1}: ${outcome.error}`;
+          console.log(`${tag}: FAILED ${outcome.error}`);
         } else {
           row.samples.push(outcome.sample);
           const s = outcome.sample;
@@ -211,15 +225,25 @@ for (const [w, rows] of results) {
   bars.push({ title: w.title, bars: panel });
 }
 
+// dist/ is built from the working tree, which may be ahead of the last commit.
+const dlqueueVersion = [
+  spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: repo, encoding: "utf8" }).stdout.trim(),
+  spawnSync("git", ["status", "--porcelain", "--", "src"], { cwd: repo, encoding: "utf8" }).stdout.trim()
+    ? "(+ uncommitted changes in src/)"
+    : "",
+].filter(Boolean).join(" ");
 // Version banners go to stdout or stderr depending on the tool; the first line is enough.
 const version = (cmd: string, flag: string) => {
   const r = spawnSync(cmd, [flag], { encoding: "utf8" });
   return `${r.stdout}${r.stderr}`.split("\n")[0]?.replace(/ \(.*/, "").trim();
 };
-const { cpus, totalmem, release } = await import("node:os");
 const machine = [
   `- date: ${new Date().toISOString()}; repetitions: ${reps}${args.quick ? " (--quick sizes)" : ""}; whole benchmark took ${fmt((performance.now() - benchStart) / 60_000, 1)} min`,
   `- CPU: ${cpus()[0]?.model} × ${cpus().length} cores; RAM ${gib(totalmem())}; kernel ${release()}`,
+  `- load average (1/5/15 min) at start ${loadBefore.map((l) => l.toFixed(2)).join(" ")}, at end ${loadavg()
+    .map((l) => l.toFixed(2))
+    .join(" ")}`,
+  `- dlqueue: dist/ built from commit ${dlqueueVersion}`,
   `- node ${process.version}; ${version("curl", "--version")}; ${version("aria2c", "--version")}; ${version("/usr/sbin/nginx", "-v")}`,
 ];
 const md = `# dlqueue benchmark
@@ -231,6 +255,7 @@ sha256 (a missing, extra or wrong file makes the run FAILED, never a number).
 ${machine.join("\n")}
 
 How to read it:
+- each workload starts with one untimed curl pass, so the first timed tool does not pay for a cold server or cache.
 - wall: from spawn to exit of the client, seconds; MB/s = 10^6 bytes per wall second; medians over the repetitions.
 - CPU: user + sys of the client's whole process tree (GNU time); the server's CPU is not counted, but nginx and the test
   origin run on the same ${cpus().length} cores.
