@@ -91,8 +91,12 @@ export async function startNginx(root: string): Promise<Nginx> {
     stdio: ["ignore", "inherit", "inherit"],
   });
   let exited = false;
+  // Should the harness crash before stop(), nginx must not outlive it holding the port.
+  const orphanGuard = () => proc.kill("SIGQUIT");
+  process.once("exit", orphanGuard);
   proc.once("exit", () => {
     exited = true;
+    process.off("exit", orphanGuard);
   });
   const baseUrl = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {

@@ -231,7 +231,9 @@ const dlqueueVersion = [
   spawnSync("git", ["status", "--porcelain", "--", "src"], { cwd: repo, encoding: "utf8" }).stdout.trim()
     ? "(+ uncommitted changes in src/)"
     : "",
-].filter(Boolean).join(" ");
+]
+  .filter(Boolean)
+  .join(" ");
 // Version banners go to stdout or stderr depending on the tool; the first line is enough.
 const version = (cmd: string, flag: string) => {
   const r = spawnSync(cmd, [flag], { encoding: "utf8" });
