@@ -12,8 +12,9 @@ const debug = debuglog("dlqueue");
 
 /** Quiet unless NODE_DEBUG=dlqueue, except warnings and errors, which go to stderr. */
 export const defaultLogger: Logger = {
-  debug: (message) => debug(message),
-  info: (message) => debug(message),
+  // "%s" so a URL with a percent sign is not read as a format string.
+  debug: (message) => debug("%s", message),
+  info: (message) => debug("%s", message),
   warn: (message) => process.stderr.write(`dlqueue warning: ${message}\n`),
   error: (message) => process.stderr.write(`dlqueue error: ${message}\n`),
 };

@@ -444,6 +444,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (to === "waiting") {
       runtime.job.status = DownloadJobStatus.Waiting;
       runtime.started = false;
+      const multi = runtime.parent;
+      if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
+        multi.job.status = DownloadJobStatus.Waiting;
+      }
       return;
     }
     if (to === "cancelled") {

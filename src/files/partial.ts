@@ -47,6 +47,7 @@ export async function readValidators(finalPath: string): Promise<Validators | un
 export async function writeValidators(finalPath: string, validators: Validators): Promise<void> {
   const metaPath = finalPath + META_SUFFIX;
   try {
+    await mkdir(dirname(metaPath), { recursive: true });
     await writeFile(`${metaPath}.tmp`, JSON.stringify(validators));
     await rename(`${metaPath}.tmp`, metaPath);
   } catch (err) {

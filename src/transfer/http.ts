@@ -1,8 +1,8 @@
 import { createHash, type Hash } from "node:crypto";
+import { once } from "node:events";
 import { createReadStream } from "node:fs";
 import { STATUS_CODES } from "node:http";
 import { join } from "node:path";
-import { once } from "node:events";
 import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Dispatcher, request } from "undici";
@@ -32,6 +32,7 @@ import type { Logger } from "../logger.js";
 import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
+const CREDENTIAL_HEADERS = new Set(["authorization", "cookie", "proxy-authorization"]);
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
 /** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
@@ -164,7 +165,6 @@ class Attempt {
       const previous = path && offset > 0 ? await readValidators(path) : undefined;
       const resumable = offset > 0 && previous?.source === this.req.source;
       const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : {});
-      let consumed = false;
       try {
         if (!path) {
           this.downloadPath = join(
@@ -180,7 +180,6 @@ class Attempt {
           await discardPartial(finalPath);
           continue;
         }
-        consumed = true;
         if (plan.action === "complete") {
           await discardBody(response);
           return await this.#finish(
@@ -193,7 +192,8 @@ class Attempt {
         const start = plan.action === "append" ? offset : 0;
         return await this.#receive(response, url, finalPath, start, plan.totalBytes);
       } finally {
-        if (!consumed) await discardBody(response);
+        // Whatever failed before the body was read (a size check, the disk) must still release the connection.
+        if (!response.body.destroyed && !response.body.readableEnded) await discardBody(response);
       }
     }
     throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed; retrying.`);
@@ -208,7 +208,10 @@ class Attempt {
         ...this.req.headers,
         ...extra,
       };
-      if (this.req.accessToken && url.origin === this.#sourceOrigin) {
+      if (url.origin !== this.#sourceOrigin) {
+        // Credentials given for the source, as token or as raw headers, are never handed to another host.
+        for (const name of Object.keys(headers)) if (CREDENTIAL_HEADERS.has(name.toLowerCase())) delete headers[name];
+      } else if (this.req.accessToken) {
         headers.authorization = `Bearer ${this.req.accessToken}`;
       }
       const response = await request(url, {
