@@ -120,6 +120,8 @@ function settled<J>(): Settled<J> {
 
 interface JobRuntime {
   readonly job: DownloadJob;
+  /** Copied from the job for the heap. */
+  readonly priority: number;
   readonly callbacks: DownloadCallbacks<DownloadJob>;
   readonly accessToken: string | undefined;
   readonly headers: Record<string, string> | undefined;
@@ -157,7 +159,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #logger: Logger;
   readonly #jobs = new Map<number, JobRuntime>();
   readonly #multiJobs = new Map<number, MultiRuntime>();
-  readonly #heap = new PriorityHeap<JobRuntime & { priority: number }>();
+  readonly #heap = new PriorityHeap<JobRuntime>();
   /** Waiting or running: what join() waits for. */
   readonly #active = new Set<JobRuntime>();
   readonly #running = new Map<JobRuntime, Promise<void>>();
@@ -284,6 +286,27 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#cancel(runtime);
   }
 
+  /** Stops a waiting or running job and keeps its partial file; resumeJob() queues it again at its priority. */
+  pauseJob(job: DownloadJob | MultiFileDownloadJob | number): void {
+    for (const runtime of this.#runtimesOf(job)) {
+      const { status } = runtime.job;
+      if (status === DownloadJobStatus.Running && runtime.controller) {
+        runtime.controller.abort(new Interruption("paused"));
+      } else if (status === DownloadJobStatus.Waiting) {
+        this.#paused(runtime);
+      }
+    }
+  }
+
+  resumeJob(job: DownloadJob | MultiFileDownloadJob | number): void {
+    this.#assertOpen();
+    for (const runtime of this.#runtimesOf(job)) {
+      if (runtime.job.status === DownloadJobStatus.Paused) this.#enqueue(runtime);
+    }
+    const multi = this.#multiJobs.get(typeof job === "number" ? job : job.id);
+    if (multi?.job.status === DownloadJobStatus.Paused) multi.job.status = DownloadJobStatus.Waiting;
+  }
+
   cancelAllJobs(): void {
     for (const multi of this.#multiJobs.values()) this.cancelJob(multi.job);
     for (const runtime of this.#jobs.values()) this.#cancel(runtime);
@@ -322,10 +345,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#wakeIdleWaiters();
   }
 
-  #submit(
-    request: DownloadRequest,
-    placement: { exactPath: boolean; parent: MultiRuntime | undefined },
-  ): JobRuntime & { priority: number } {
+  #submit(request: DownloadRequest, placement: { exactPath: boolean; parent: MultiRuntime | undefined }): JobRuntime {
     this.#assertOpen();
     const source = checkSource(request.source);
     const dest = checkDest(request.dest);
@@ -356,7 +376,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     return runtime;
   }
 
-  #enqueue(runtime: JobRuntime & { priority: number }): void {
+  #enqueue(runtime: JobRuntime): void {
     runtime.job.status = DownloadJobStatus.Waiting;
     this.#active.add(runtime);
     this.#heap.push(runtime);
@@ -453,7 +473,32 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (to === "cancelled") {
       if (runtime.job.downloadPath) await discardPartial(runtime.job.downloadPath);
       this.#settle(runtime, DownloadJobStatus.Cancelled);
+      return;
     }
+    this.#paused(runtime);
+  }
+
+  #paused(runtime: JobRuntime): void {
+    runtime.job.status = DownloadJobStatus.Paused;
+    runtime.started = false;
+    this.#active.delete(runtime);
+    this.#emit("download_paused", runtime.job);
+    const multi = runtime.parent;
+    if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
+      multi.job.status = multi.parts.some((p) => p.job.status === DownloadJobStatus.Paused)
+        ? DownloadJobStatus.Paused
+        : DownloadJobStatus.Waiting;
+    }
+    if (this.#isIdle()) this.#wakeIdleWaiters();
+  }
+
+  #runtimesOf(job: DownloadJob | MultiFileDownloadJob | number): JobRuntime[] {
+    const id = typeof job === "number" ? job : job.id;
+    const multi = this.#multiJobs.get(id);
+    if (multi) return multi.parts;
+    const runtime = this.#jobs.get(id);
+    if (!runtime) throw new UnknownJobIdError(id);
+    return [runtime];
   }
 
   #cancel(runtime: JobRuntime): void {
