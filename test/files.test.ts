@@ -1,0 +1,160 @@
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
+import { DownloadQueue, type DownloadRequest } from "../src/index.js";
+import { fileSha256, listFiles, memoryLogger, smallTmpfs, tempDir } from "./helpers/fs.js";
+import { type Origin, startOrigin } from "./helpers/origin.js";
+
+let origin: Origin;
+before(async () => {
+  origin = await startOrigin();
+});
+after(() => origin.close());
+
+async function runOne(request: DownloadRequest, retries = 5) {
+  const queue = new DownloadQueue({ retryDelayMs: 20, retries, logger: memoryLogger().logger });
+  const job = queue.download(request);
+  await queue.waitForJob(job, { timeoutMs: 20_000 });
+  await queue.stop();
+  return job;
+}
+
+describe("file names", () => {
+  test("Content-Disposition wins (filename* over filename), else the URL's last segment without the query", () => {
+    assert.equal(fileNameFor("http://h/api/1", 'attachment; filename="model.safetensors"'), "model.safetensors");
+    assert.equal(
+      fileNameFor("http://h/api/1", "attachment; filename=\"fallback.bin\"; filename*=UTF-8''na%C3%AFve%20m.bin"),
+      "naïve m.bin",
+    );
+    assert.equal(fileNameFor("http://h/api/1", "attachment; filename=spaces are common.bin"), "spaces are common.bin");
+    assert.equal(fileNameFor("http://h/a/x.png?raw=true", undefined), "x.png");
+    assert.equal(fileNameFor("http://h/a/caf%C3%A9.txt", undefined), "café.txt");
+    assert.equal(fileNameFor("http://h/", undefined), "download");
+  });
+
+  test("hostile names become one harmless component", () => {
+    assert.equal(sanitizeFileName("../../x"), "x");
+    assert.equal(sanitizeFileName("/etc/passwd"), "passwd");
+    assert.equal(sanitizeFileName("C:\\Windows\\evil.dll"), "evil.dll");
+    assert.equal(sanitizeFileName("a\u0000b\nc\u001b.bin"), "a_b_c_.bin");
+    assert.equal(sanitizeFileName(".bashrc"), "bashrc");
+    assert.equal(sanitizeFileName(".."), undefined);
+    assert.equal(sanitizeFileName(""), undefined);
+    assert.equal(sanitizeFileName("\u0001\u0002"), undefined);
+    assert.equal(sanitizeFileName("nul.txt"), "_nul.txt");
+    const long = sanitizeFileName(`${"é".repeat(300)}.safetensors`) ?? "";
+    assert.ok(Buffer.byteLength(long) <= 200 && long.endsWith(".safetensors"));
+  });
+
+  test("multi-file relative paths that leave dest are refused", () => {
+    assert.equal(checkRelativePath("unet\\model.bin"), "unet/model.bin");
+    for (const bad of ["../x", "a/../../x", "/etc/x", "C:\\x", "d:x", "", ".", "a/", "a\u0007b"]) {
+      assert.throws(() => checkRelativePath(bad), { code: "DLQ_ERR_UNSAFE_PATH" }, bad);
+    }
+  });
+
+  for (const [hostile, expected] of [
+    ['attachment; filename="../../escape.bin"', "escape.bin"],
+    ['attachment; filename="/etc/cron.d/evil"', "evil"],
+    ["attachment; filename*=UTF-8''%2E%2E%2F%2E%2E%2Fx.bin", "x.bin"],
+    // Raw control characters cannot travel in a header; percent-encoded ones can.
+    ["attachment; filename*=UTF-8''bell%07%0A.bin", "bell__.bin"],
+    ['attachment; filename=""', "named-by-url.bin"],
+  ] as const) {
+    test(`a server naming its file ${JSON.stringify(hostile.slice(22))} cannot write outside dest`, async (t) => {
+      const parent = await tempDir(t);
+      const dest = join(parent, "inside");
+      await mkdir(dest);
+      const route = origin.route("/named-by-url.bin", { size: 2000, contentDisposition: hostile });
+      const job = await runOne({ source: route.url, dest });
+      assert.equal(job.status, "completed");
+      assert.equal(job.downloadPath, join(dest, expected));
+      assert.deepEqual(await listFiles(parent), [`inside/${expected}`]);
+      assert.equal(await fileSha256(join(dest, expected)), await route.sha256());
+    });
+  }
+});
+
+describe("destinations", () => {
+  test("a path that does not exist is the exact file; missing folders are created", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/exact.bin", { size: 5000, contentDisposition: 'attachment; filename="ignored.bin"' });
+    const target = join(dest, "a", "b", "chosen.name");
+    const job = await runOne({ source: route.url, dest: target });
+    assert.equal(job.downloadPath, target);
+    assert.deepEqual(await listFiles(dest), ["a/b/chosen.name"]);
+    assert.equal(await fileSha256(target), await route.sha256());
+  });
+
+  test("a dest ending in / is a folder to create", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/into-new-folder.bin", { size: 5000 });
+    const job = await runOne({ source: route.url, dest: `${join(dest, "new")}/` });
+    assert.equal(job.status, "completed");
+    assert.deepEqual(await listFiles(dest), ["new/into-new-folder.bin"]);
+  });
+
+  test("the partial lives beside the final path, which appears only when the file is whole", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/growing.bin", { size: 400_000, throttleBytesPerSec: 800_000 });
+    const target = join(dest, "growing.bin");
+    const seen: { final: boolean; partial: boolean }[] = [];
+    const job = await runOne({
+      source: route.url,
+      dest,
+      onProgress: (j) => {
+        if (j.bytes < 400_000) seen.push({ final: existsSync(target), partial: existsSync(`${target}.downloading`) });
+      },
+    });
+    assert.equal(job.status, "completed");
+    assert.ok(seen.length >= 2);
+    assert.ok(
+      seen.every((s) => !s.final && s.partial),
+      JSON.stringify(seen),
+    );
+    assert.deepEqual(await listFiles(dest), ["growing.bin"]);
+  });
+
+  test("a completed file is not touched by a later attempt that fails", async (t) => {
+    const dest = await tempDir(t);
+    const target = join(dest, "keep.bin");
+    await writeFile(target, "the good, complete file");
+    const route = origin.route("/keep.bin", {
+      size: 300_000,
+      throttleBytesPerSec: 1_000_000,
+      faults: [{ kind: "drop", afterBytes: 100_000 }],
+    });
+    const job = await runOne({ source: route.url, dest: target }, 0);
+    assert.equal(job.status, "error");
+    assert.equal(job.errorType, "TransferInterruptedError");
+    assert.equal(await readFile(target, "utf8"), "the good, complete file");
+  });
+
+  test("an unwritable destination ends the job with a clear error and writes nothing", async (t) => {
+    const dest = await tempDir(t);
+    await writeFile(join(dest, "a-file"), "not a folder");
+    const route = origin.route("/unwritable.bin", { size: 1000 });
+    const job = await runOne({ source: route.url, dest: join(dest, "a-file", "sub", "x.bin") });
+    assert.equal(job.status, "error");
+    assert.equal(job.errorType, "DestinationUnwritable");
+    assert.match(job.error ?? "", /choose a destination you can write to/);
+    assert.deepEqual(await listFiles(dest), ["a-file"]);
+  });
+
+  test("a full disk ends the job with DiskFull and leaves nothing at the final path", async (t) => {
+    const disk = await smallTmpfs(t, 1024 * 1024);
+    if (!disk) {
+      t.skip("this machine does not allow mounting a tmpfs");
+      return;
+    }
+    const route = origin.route("/too-big-for-disk.bin", { size: 3 * 1024 * 1024 });
+    const job = await runOne({ source: route.url, dest: disk });
+    assert.equal(job.status, "error");
+    assert.equal(job.errorType, "DiskFull");
+    assert.match(job.error ?? "", /is full; free some space/);
+    assert.equal(existsSync(join(disk, "too-big-for-disk.bin")), false);
+  });
+});
