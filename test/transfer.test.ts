@@ -30,7 +30,7 @@ async function runOne(
   const queue = new DownloadQueue({ retryDelayMs: 20, logger, ...options });
   const events: unknown[] = [];
   for (const name of ["download_started", "download_progress", "download_complete", "download_error"] as const) {
-    queue.on(name, (payload) => events.push({ name, ...payload }));
+    queue.on(name, (payload: object) => events.push({ name, ...payload }));
   }
   const job = queue.download(request);
   await queue.waitForJob(job, { timeoutMs: 20_000 });
