@@ -16,7 +16,9 @@ import { discardPartial } from "./files/partial.js";
 import { PriorityHeap } from "./heap.js";
 import { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 import { defaultLogger, type Logger, redact } from "./logger.js";
-import { type TransferSettings, transfer } from "./transfer/http.js";
+import { SqliteJobStore } from "./store/sqlite.js";
+import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
+import { CREDENTIAL_HEADERS, type TransferSettings, transfer } from "./transfer/http.js";
 import { eventPayload, type QueueEventName, type QueueEventPayloads } from "./wire.js";
 
 const VERSION = "0.1.0";
@@ -55,6 +57,11 @@ export interface DownloadQueueOptions {
   progressIntervalMs?: number;
   logger?: Logger;
   userAgent?: string;
+  /**
+   * Where jobs are kept: a path to a SQLite file (created if missing) makes the queue durable: unfinished jobs
+   * come back and resume when a queue is created on the same file. Default: in memory.
+   */
+  store?: string | JobStore;
   /** Refuse a redirect by throwing (used by the REST service against SSRF). */
   checkRedirect?: (url: URL) => void | Promise<void>;
 }
@@ -164,7 +171,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #active = new Set<JobRuntime>();
   readonly #running = new Map<JobRuntime, Promise<void>>();
   #idleWaiters: (() => void)[] = [];
-  #nextId = 0;
+  readonly #store: JobStore;
+  readonly #ownStore: boolean;
   #pumpScheduled = false;
   #stopped = false;
 
@@ -194,6 +202,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       logger: this.#logger,
       checkRedirect: options.checkRedirect,
     };
+    this.#ownStore = typeof options.store === "string";
+    this.#store =
+      typeof options.store === "string" ? new SqliteJobStore(options.store) : (options.store ?? new MemoryJobStore());
+    this.#restore(this.#store.load());
   }
 
   /** Queues one download and returns its job at once; it starts as soon as a slot is free. */
@@ -211,10 +223,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     const parts = request.parts.map((part) => ({
       source: checkSource(part.url),
       path: checkRelativePath(part.path),
-      sha256: part.sha256,
-      size: part.size,
+      ...checkExpectations(part),
     }));
-    const id = this.#nextId++;
+    checkPriority(request.priority);
+    const id = this.#store.nextId();
     const partRuntimes: JobRuntime[] = [];
     const roots = new Set(parts.map((part) => part.path.split("/")[0]));
     const root =
@@ -243,6 +255,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }
     (multi.job.downloadParts as DownloadJob[]).push(...partRuntimes.map((runtime) => runtime.job));
     this.#multiJobs.set(id, multi);
+    this.#persistMulti(multi);
     return multi.job;
   }
 
@@ -263,12 +276,20 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   /** Forgets finished jobs (completed, cancelled, errored). */
   pruneJobs(): void {
-    for (const [id, multi] of this.#multiJobs) if (multi.job.inTerminalState) this.#multiJobs.delete(id);
+    const pruned: number[] = [];
+    for (const [id, multi] of this.#multiJobs) {
+      if (multi.job.inTerminalState) {
+        this.#multiJobs.delete(id);
+        pruned.push(id);
+      }
+    }
     for (const [id, runtime] of this.#jobs) {
       if (runtime.job.inTerminalState && !(runtime.parent && this.#multiJobs.has(runtime.parent.job.id))) {
         this.#jobs.delete(id);
+        pruned.push(id);
       }
     }
+    this.#store.delete(pruned);
   }
 
   /** Cancels a waiting or running job: its partial file is deleted and nothing appears at the final path. */
@@ -342,6 +363,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     for (const runtime of this.#running.keys()) runtime.controller?.abort(new Interruption("waiting"));
     await Promise.allSettled(this.#running.values());
     await this.#ownDispatcher?.close();
+    if (this.#ownStore) this.#store.close();
     this.#wakeIdleWaiters();
   }
 
@@ -349,35 +371,143 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#assertOpen();
     const source = checkSource(request.source);
     const dest = checkDest(request.dest);
-    const priority = request.priority ?? 10;
-    if (!Number.isFinite(priority)) throw new InvalidArgumentError(`priority must be a number, not ${priority}.`);
-    if (request.size !== undefined) nonNegativeInteger(request.size, "size");
-    if (request.sha256 !== undefined && !/^[0-9a-f]{64}$/i.test(request.sha256)) {
-      throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
-    }
-    const job = new DownloadJob(this.#nextId++, source, resolve(dest), priority, request.sha256, request.size);
-    const runtime = {
-      job,
-      priority,
-      callbacks: request,
-      accessToken: request.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(source))?.token,
+    const priority = checkPriority(request.priority);
+    const { sha256, size } = checkExpectations(request);
+    const job = new DownloadJob(this.#store.nextId(), source, resolve(dest), priority, sha256, size);
+    const runtime = this.#track(job, request, {
       headers: request.headers,
+      accessToken: request.accessToken,
       destNamesFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
       exactPath: placement.exactPath,
-      done: settled<DownloadJob>(),
       parent: placement.parent,
+    });
+    this.#enqueue(runtime);
+    return runtime;
+  }
+
+  /** Registers a job's runtime; a token not given explicitly comes from the `tokens` rules. */
+  #track(
+    job: DownloadJob,
+    callbacks: DownloadCallbacks<DownloadJob>,
+    how: Pick<JobRuntime, "headers" | "accessToken" | "destNamesFolder" | "exactPath" | "parent">,
+  ): JobRuntime {
+    const runtime: JobRuntime = {
+      ...how,
+      job,
+      priority: job.priority,
+      callbacks,
+      accessToken: how.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(job.source))?.token,
+      done: settled<DownloadJob>(),
       controller: undefined,
       started: false,
       lastProgressAt: 0,
       lastProgressBytes: -1,
     };
     this.#jobs.set(job.id, runtime);
-    this.#enqueue(runtime);
     return runtime;
+  }
+
+  /**
+   * Brings back what a store holds: unfinished jobs are queued again in their old order (ids grow with
+   * submission order) and resume from their partial files; paused ones stay paused; finished ones stay listable.
+   */
+  #restore(stored: StoredJob[]): void {
+    for (const record of stored.filter((r) => r.kind === "multi")) {
+      const job = new MultiFileDownloadJob(record.id, record.dest, record.downloadPath ?? record.dest, []);
+      Object.assign(job, { status: record.status, errorType: record.errorType, error: record.error });
+      const multi: MultiRuntime = { job, callbacks: {}, parts: [], done: settled(), lastProgressAt: 0 };
+      this.#multiJobs.set(record.id, multi);
+    }
+    for (const record of stored.filter((r) => r.kind === "file")) {
+      const job = new DownloadJob(
+        record.id,
+        record.source as string,
+        record.dest,
+        record.priority,
+        record.sha256,
+        record.size,
+      );
+      Object.assign(job, {
+        status: record.status,
+        downloadPath: record.downloadPath,
+        bytes: record.bytes,
+        totalBytes: record.totalBytes,
+        jobStarted: record.jobStarted ? new Date(record.jobStarted) : undefined,
+        jobEnded: record.jobEnded ? new Date(record.jobEnded) : undefined,
+        errorType: record.errorType,
+        error: record.error,
+      });
+      const parent = record.parentId === undefined ? undefined : this.#multiJobs.get(record.parentId);
+      const runtime = this.#track(
+        job,
+        {},
+        {
+          headers: record.headers,
+          accessToken: undefined,
+          destNamesFolder: record.destIsFolder ?? false,
+          exactPath: parent !== undefined,
+          parent,
+        },
+      );
+      if (parent) {
+        parent.parts.push(runtime);
+        (parent.job.downloadParts as DownloadJob[]).push(job);
+      }
+      if (job.inTerminalState) runtime.done.resolve(job);
+      else if (job.status !== DownloadJobStatus.Paused) this.#enqueue(runtime);
+    }
+    for (const multi of this.#multiJobs.values()) {
+      if (multi.job.inTerminalState) multi.done.resolve(multi.job);
+      else {
+        const waiting = multi.parts.some((p) => p.job.status === DownloadJobStatus.Waiting);
+        multi.job.status = waiting ? DownloadJobStatus.Waiting : DownloadJobStatus.Paused;
+      }
+    }
+  }
+
+  #persist(runtime: JobRuntime): void {
+    const { job } = runtime;
+    this.#store.put({
+      id: job.id,
+      kind: "file",
+      parentId: runtime.parent?.job.id,
+      source: job.source,
+      dest: job.dest,
+      destIsFolder: runtime.destNamesFolder || undefined,
+      priority: job.priority,
+      status: job.status,
+      downloadPath: job.downloadPath,
+      bytes: job.bytes,
+      totalBytes: job.totalBytes,
+      jobStarted: job.jobStarted?.toISOString(),
+      jobEnded: job.jobEnded?.toISOString(),
+      errorType: job.errorType,
+      error: job.error,
+      sha256: job.sha256,
+      size: job.size,
+      headers: withoutCredentials(runtime.headers),
+    });
+  }
+
+  #persistMulti(multi: MultiRuntime): void {
+    const { job } = multi;
+    this.#store.put({
+      id: job.id,
+      kind: "multi",
+      dest: job.dest,
+      priority: multi.parts[0]?.priority ?? 10,
+      status: job.status,
+      downloadPath: job.downloadPath,
+      bytes: job.bytes,
+      totalBytes: job.totalBytes,
+      errorType: job.errorType,
+      error: job.error,
+    });
   }
 
   #enqueue(runtime: JobRuntime): void {
     runtime.job.status = DownloadJobStatus.Waiting;
+    this.#persist(runtime);
     this.#active.add(runtime);
     this.#heap.push(runtime);
     // Deferred, so jobs submitted together are ordered by priority before the first one starts.
@@ -410,6 +540,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     runtime.controller = controller;
     job.status = DownloadJobStatus.Running;
     job.jobStarted = new Date();
+    this.#persist(runtime);
     try {
       const result = await transfer(
         {
@@ -431,6 +562,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
             job.bytes = info.bytes;
             if (!runtime.started) {
               runtime.started = true;
+              this.#persist(runtime);
               this.#emit("download_started", job);
               this.#call(runtime.callbacks.onStart, job);
               if (runtime.parent) this.#partStarted(runtime.parent);
@@ -464,6 +596,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (to === "waiting") {
       runtime.job.status = DownloadJobStatus.Waiting;
       runtime.started = false;
+      this.#persist(runtime);
       const multi = runtime.parent;
       if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
         multi.job.status = DownloadJobStatus.Waiting;
@@ -481,6 +614,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #paused(runtime: JobRuntime): void {
     runtime.job.status = DownloadJobStatus.Paused;
     runtime.started = false;
+    this.#persist(runtime);
     this.#active.delete(runtime);
     this.#emit("download_paused", runtime.job);
     const multi = runtime.parent;
@@ -531,6 +665,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     job.status = status;
     job.jobEnded = new Date();
     this.#active.delete(runtime);
+    this.#persist(runtime);
     if (status === DownloadJobStatus.Completed) {
       this.#emit("download_complete", job);
       this.#call(runtime.callbacks.onComplete, job);
@@ -554,6 +689,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }
     runtime.lastProgressAt = now;
     runtime.lastProgressBytes = job.bytes;
+    this.#store.progress(job.id, job.bytes, job.totalBytes);
     this.#emit("download_progress", job);
     this.#call(runtime.callbacks.onProgress, job);
     const multi = runtime.parent;
@@ -589,6 +725,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   #settleMulti(multi: MultiRuntime, status: "completed" | "cancelled" | "error", error?: Error): void {
     multi.job.status = status;
+    this.#persistMulti(multi);
     if (status === DownloadJobStatus.Completed) this.#call(multi.callbacks.onComplete, multi.job);
     else if (status === DownloadJobStatus.Cancelled) this.#call(multi.callbacks.onCancelled, multi.job);
     else this.#call(multi.callbacks.onError, multi.job, error ?? new Error(multi.job.errorType));
@@ -647,6 +784,26 @@ function checkSource(source: string | URL): string {
   if (url.protocol !== "http:" && url.protocol !== "https:") throw new UnsupportedSchemeError(url.protocol);
   if (!url.hostname) throw new InvalidUrlError(String(source));
   return url.href;
+}
+
+function checkPriority(priority: number | undefined): number {
+  if (priority === undefined) return 10;
+  if (!Number.isFinite(priority)) throw new InvalidArgumentError(`priority must be a number, not ${priority}.`);
+  return priority;
+}
+
+function checkExpectations(expect: { sha256?: string; size?: number }): { sha256?: string; size?: number } {
+  if (expect.size !== undefined) nonNegativeInteger(expect.size, "size");
+  if (expect.sha256 !== undefined && !/^[0-9a-f]{64}$/i.test(expect.sha256)) {
+    throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
+  }
+  return { sha256: expect.sha256?.toLowerCase(), size: expect.size };
+}
+
+/** Secrets are never written to the store; a restored job gets its token from the `tokens` rules again. */
+function withoutCredentials(headers: Record<string, string> | undefined): Record<string, string> | undefined {
+  if (!headers) return undefined;
+  return Object.fromEntries(Object.entries(headers).filter(([name]) => !CREDENTIAL_HEADERS.has(name.toLowerCase())));
 }
 
 function checkDest(dest: string): string {

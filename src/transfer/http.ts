@@ -32,7 +32,8 @@ import type { Logger } from "../logger.js";
 import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
-const CREDENTIAL_HEADERS = new Set(["authorization", "cookie", "proxy-authorization"]);
+/** Headers that authenticate; never sent to another host, never stored. */
+export const CREDENTIAL_HEADERS = new Set(["authorization", "cookie", "proxy-authorization"]);
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
 /** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
