@@ -144,17 +144,31 @@ describe("destinations", () => {
     assert.deepEqual(await listFiles(dest), ["a-file"]);
   });
 
-  test("a full disk ends the job with DiskFull and leaves nothing at the final path", async (t) => {
+  test("a file larger than the free space is refused before a byte is written", async (t) => {
     const disk = await smallTmpfs(t, 1024 * 1024);
     if (!disk) {
       t.skip("this machine does not allow mounting a tmpfs");
       return;
     }
-    const route = origin.route("/too-big-for-disk.bin", { size: 3 * 1024 * 1024 });
+    const route = origin.route("/bigger-than-disk.bin", { size: 3 * 1024 * 1024 });
+    const job = await runOne({ source: route.url, dest: disk });
+    assert.equal(job.status, "error");
+    assert.equal(job.errorType, "InsufficientDiskSpace");
+    assert.match(job.error ?? "", /Not enough free space .* 3145728 bytes needed/);
+    assert.deepEqual(await listFiles(disk), []);
+  });
+
+  test("a disk that fills up mid-transfer (no Content-Length to check) ends the job with DiskFull", async (t) => {
+    const disk = await smallTmpfs(t, 1024 * 1024);
+    if (!disk) {
+      t.skip("this machine does not allow mounting a tmpfs");
+      return;
+    }
+    const route = origin.route("/fills-the-disk.bin", { size: 3 * 1024 * 1024, chunked: true });
     const job = await runOne({ source: route.url, dest: disk });
     assert.equal(job.status, "error");
     assert.equal(job.errorType, "DiskFull");
     assert.match(job.error ?? "", /is full; free some space/);
-    assert.equal(existsSync(join(disk, "too-big-for-disk.bin")), false);
+    assert.equal(existsSync(join(disk, "fills-the-disk.bin")), false);
   });
 });

@@ -1,8 +1,8 @@
 import { once } from "node:events";
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, readFile, rename, rm, stat, truncate, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename, rm, stat, statfs, truncate, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
-import { fsError } from "../errors.js";
+import { FileLockedError, fsError, InsufficientDiskSpaceError } from "../errors.js";
 
 /** Data streams into `<final>.downloading`; the final path only ever holds a complete file. */
 export const PARTIAL_SUFFIX = ".downloading";
@@ -90,4 +90,59 @@ export async function commitPartial(finalPath: string): Promise<void> {
 export async function discardPartial(finalPath: string): Promise<void> {
   await rm(partialPathOf(finalPath), { force: true });
   await rm(finalPath + META_SUFFIX, { force: true });
+}
+
+/**
+ * Claims the right to write this final path, across queues and processes: `<final>.downloading.lock` is created
+ * exclusively and holds the owner's pid. A lock whose process is gone (killed, crashed) is taken over.
+ * Returns the release function.
+ */
+export async function lockPartial(finalPath: string): Promise<() => Promise<void>> {
+  const lockPath = `${finalPath}${PARTIAL_SUFFIX}.lock`;
+  try {
+    await mkdir(dirname(lockPath), { recursive: true });
+  } catch (err) {
+    throw fsError(err, lockPath);
+  }
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const handle = await open(lockPath, "wx");
+      await handle.writeFile(`${process.pid}\n`);
+      await handle.close();
+      return () => rm(lockPath, { force: true });
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw fsError(err, lockPath);
+      const owner = Number.parseInt(await readFile(lockPath, "utf8").catch(() => ""), 10);
+      if (isAlive(owner)) throw new FileLockedError(finalPath);
+      await rm(lockPath, { force: true });
+    }
+  }
+  throw new FileLockedError(finalPath);
+}
+
+function isAlive(pid: number): boolean {
+  if (!Number.isSafeInteger(pid) || pid <= 0) return false;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === "EPERM";
+  }
+}
+
+/** Refuses to start a download the destination's filesystem cannot hold, before a byte is written. */
+export async function ensureFreeSpace(finalPath: string, needed: number): Promise<void> {
+  if (needed <= 0) return;
+  let dir = dirname(finalPath);
+  for (;;) {
+    try {
+      const fs = await statfs(dir);
+      const available = fs.bavail * fs.bsize;
+      if (needed > available) throw new InsufficientDiskSpaceError(dir, needed, available);
+      return;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== "ENOENT" || dirname(dir) === dir) throw err;
+      dir = dirname(dir);
+    }
+  }
 }

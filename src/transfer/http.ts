@@ -21,6 +21,8 @@ import { fileNameFor } from "../files/names.js";
 import {
   commitPartial,
   discardPartial,
+  ensureFreeSpace,
+  lockPartial,
   openPartial,
   partialPathOf,
   partialSize,
@@ -102,6 +104,15 @@ export async function transfer(
   signal: AbortSignal,
 ): Promise<TransferResult> {
   const attempt = new Attempt(req, settings, observer, signal);
+  try {
+    return await retrying(attempt, settings, signal);
+  } finally {
+    await attempt.release();
+  }
+}
+
+async function retrying(attempt: Attempt, settings: TransferSettings, signal: AbortSignal): Promise<TransferResult> {
+  const { req } = attempt;
   let failures = 0;
   for (;;) {
     const bytesBefore = attempt.bytes;
@@ -146,6 +157,9 @@ class Attempt {
   downloadPath: string | undefined;
   bytes = 0;
   readonly #sourceOrigin: string;
+  /** The caller's checksum, or one the server published (Hugging Face's X-Linked-Etag for LFS files). */
+  #sha256: string | undefined;
+  #unlock: (() => Promise<void>) | undefined;
 
   constructor(
     readonly req: TransferRequest,
@@ -155,6 +169,17 @@ class Attempt {
   ) {
     this.downloadPath = req.downloadPath ?? (req.destIsDirectory ? undefined : req.dest);
     this.#sourceOrigin = new URL(req.source).origin;
+    this.#sha256 = req.sha256;
+  }
+
+  async release(): Promise<void> {
+    await this.#unlock?.();
+    this.#unlock = undefined;
+  }
+
+  /** One writer per final path: taken once the path is known, held across retries. */
+  async #claim(path: string): Promise<void> {
+    this.#unlock ??= await lockPartial(path);
   }
 
   async run(): Promise<TransferResult> {
@@ -162,6 +187,7 @@ class Attempt {
     // partial turned out to belong to another version of the file.
     for (let pass = 0; pass < 3; pass++) {
       const path = this.downloadPath;
+      if (path) await this.#claim(path);
       const offset = path ? await partialSize(path) : 0;
       const previous = path && offset > 0 ? await readValidators(path) : undefined;
       const resumable = offset > 0 && previous?.source === this.req.source;
@@ -172,6 +198,7 @@ class Attempt {
             this.req.dest,
             fileNameFor(this.req.source, header(response.headers, "content-disposition")),
           );
+          await this.#claim(this.downloadPath);
           if (response.statusCode < 300 && (await partialSize(this.downloadPath)) > 0) continue;
         }
         const finalPath = this.downloadPath as string;
@@ -223,6 +250,7 @@ class Attempt {
         headersTimeout: this.settings.headersTimeoutMs,
         bodyTimeout: this.settings.readTimeoutMs,
       });
+      this.#sha256 ??= publishedSha256(url, response.headers);
       const location = header(response.headers, "location");
       if (!REDIRECTS.has(response.statusCode) || !location) return { response, url };
       await discardBody(response);
@@ -248,6 +276,7 @@ class Attempt {
         ? new ResponseTooLargeError(url.href, expectedSize, totalBytes)
         : new SizeMismatchError(url.href, expectedSize, totalBytes);
     }
+    if (totalBytes !== undefined) await ensureFreeSpace(finalPath, totalBytes - start);
     const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
     await writeValidators(finalPath, validators);
     const hash = await this.#hashPrefix(finalPath, start);
@@ -284,7 +313,8 @@ class Attempt {
 
   async #finish(finalPath: string, bytes: number, totalBytes: number, hash: Hash | undefined): Promise<TransferResult> {
     this.bytes = bytes;
-    const { expectedSize, sha256 } = this.req;
+    const { expectedSize } = this.req;
+    const sha256 = this.#sha256;
     if (expectedSize !== undefined && bytes !== expectedSize) {
       throw new SizeMismatchError(this.req.source, expectedSize, bytes);
     }
@@ -298,7 +328,7 @@ class Attempt {
 
   /** A resumed file is verified as a whole: the bytes from an earlier run are hashed before new ones arrive. */
   async #hashPrefix(finalPath: string, length: number): Promise<Hash | undefined> {
-    if (!this.req.sha256) return undefined;
+    if (!this.#sha256) return undefined;
     const hash = createHash("sha256");
     if (length > 0) {
       const partial = createReadStream(partialPathOf(finalPath), { start: 0, end: length - 1 });
@@ -306,6 +336,19 @@ class Attempt {
     }
     return hash;
   }
+}
+
+const SHA256_ETAG = /^(?:W\/)?"?([0-9a-f]{64})"?$/i;
+
+/**
+ * Hugging Face names the sha256 of LFS files: in X-Linked-Etag on its redirect, or as the ETag it serves itself.
+ * Only its hosts are trusted to mean a sha256 by a 64-hex ETag; elsewhere it could be any hash.
+ */
+function publishedSha256(url: URL, headers: Dispatcher.ResponseData["headers"]): string | undefined {
+  const linked = SHA256_ETAG.exec(header(headers, "x-linked-etag") ?? "")?.[1];
+  if (linked) return linked.toLowerCase();
+  const onHuggingFace = /(^|\.)(huggingface\.co|hf\.co)$/.test(url.hostname);
+  return onHuggingFace ? SHA256_ETAG.exec(header(headers, "etag") ?? "")?.[1]?.toLowerCase() : undefined;
 }
 
 /** Reads a small body to keep the connection reusable; a large one closes the socket instead. */
