@@ -138,6 +138,9 @@ interface JobRuntime {
   readonly exactPath: boolean;
   readonly done: Settled<DownloadJob>;
   readonly parent: MultiRuntime | undefined;
+  /** Later jobs for the same URL and the same file: they share this job's transfer. */
+  readonly followers: JobRuntime[];
+  leader: JobRuntime | undefined;
   controller: AbortController | undefined;
   started: boolean;
   lastProgressAt: number;
@@ -169,6 +172,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #heap = new PriorityHeap<JobRuntime>();
   /** Waiting or running: what join() waits for. */
   readonly #active = new Set<JobRuntime>();
+  /** The job that transfers each (source, dest) right now, so a duplicate attaches instead of fetching again. */
+  readonly #leaders = new Map<string, JobRuntime>();
   readonly #running = new Map<JobRuntime, Promise<void>>();
   #idleWaiters: (() => void)[] = [];
   readonly #store: JobStore;
@@ -322,7 +327,13 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   resumeJob(job: DownloadJob | MultiFileDownloadJob | number): void {
     this.#assertOpen();
     for (const runtime of this.#runtimesOf(job)) {
-      if (runtime.job.status === DownloadJobStatus.Paused) this.#enqueue(runtime);
+      if (runtime.job.status !== DownloadJobStatus.Paused) continue;
+      this.#enqueue(runtime);
+      for (const follower of runtime.followers) {
+        follower.job.status = DownloadJobStatus.Waiting;
+        this.#active.add(follower);
+        this.#persist(follower);
+      }
     }
     const multi = this.#multiJobs.get(typeof job === "number" ? job : job.id);
     if (multi?.job.status === DownloadJobStatus.Paused) multi.job.status = DownloadJobStatus.Waiting;
@@ -381,7 +392,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       exactPath: placement.exactPath,
       parent: placement.parent,
     });
-    this.#enqueue(runtime);
+    this.#schedule(runtime);
     return runtime;
   }
 
@@ -398,6 +409,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       callbacks,
       accessToken: how.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(job.source))?.token,
       done: settled<DownloadJob>(),
+      followers: [],
+      leader: undefined,
       controller: undefined,
       started: false,
       lastProgressAt: 0,
@@ -454,7 +467,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         (parent.job.downloadParts as DownloadJob[]).push(job);
       }
       if (job.inTerminalState) runtime.done.resolve(job);
-      else if (job.status !== DownloadJobStatus.Paused) this.#enqueue(runtime);
+      else if (job.status !== DownloadJobStatus.Paused) this.#schedule(runtime);
     }
     for (const multi of this.#multiJobs.values()) {
       if (multi.job.inTerminalState) multi.done.resolve(multi.job);
@@ -505,6 +518,37 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     });
   }
 
+  /** Queues a new job, or attaches it to the job already fetching the same URL into the same place. */
+  #schedule(runtime: JobRuntime): void {
+    const key = `${runtime.job.source}\n${runtime.job.dest}`;
+    const leader = this.#leaders.get(key);
+    if (!leader || leader.job.inTerminalState || runtime.parent) {
+      if (!runtime.parent) this.#leaders.set(key, runtime);
+      this.#enqueue(runtime);
+      return;
+    }
+    runtime.leader = leader;
+    leader.followers.push(runtime);
+    runtime.job.status = leader.job.status;
+    if (runtime.job.status !== DownloadJobStatus.Paused) this.#active.add(runtime);
+    this.#persist(runtime);
+    if (leader.started) this.#followStart(leader, runtime);
+  }
+
+  #followStart(leader: JobRuntime, follower: JobRuntime): void {
+    Object.assign(follower.job, {
+      jobStarted: leader.job.jobStarted,
+      downloadPath: leader.job.downloadPath,
+      totalBytes: leader.job.totalBytes,
+      contentType: leader.job.contentType,
+      bytes: leader.job.bytes,
+    });
+    follower.started = true;
+    this.#persist(follower);
+    this.#emit("download_started", follower.job);
+    this.#call(follower.callbacks.onStart, follower.job);
+  }
+
   #enqueue(runtime: JobRuntime): void {
     runtime.job.status = DownloadJobStatus.Waiting;
     this.#persist(runtime);
@@ -541,6 +585,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     job.status = DownloadJobStatus.Running;
     job.jobStarted = new Date();
     this.#persist(runtime);
+    for (const follower of runtime.followers) {
+      follower.job.status = DownloadJobStatus.Running;
+      follower.job.jobStarted = job.jobStarted;
+    }
     try {
       const result = await transfer(
         {
@@ -565,6 +613,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
               this.#persist(runtime);
               this.#emit("download_started", job);
               this.#call(runtime.callbacks.onStart, job);
+              for (const follower of runtime.followers) this.#followStart(runtime, follower);
               if (runtime.parent) this.#partStarted(runtime.parent);
             }
           },
@@ -594,9 +643,11 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   async #interrupted(runtime: JobRuntime, to: Interruption["to"]): Promise<void> {
     if (to === "waiting") {
-      runtime.job.status = DownloadJobStatus.Waiting;
-      runtime.started = false;
-      this.#persist(runtime);
+      for (const r of [runtime, ...runtime.followers]) {
+        r.job.status = DownloadJobStatus.Waiting;
+        r.started = false;
+        this.#persist(r);
+      }
       const multi = runtime.parent;
       if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
         multi.job.status = DownloadJobStatus.Waiting;
@@ -623,6 +674,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         ? DownloadJobStatus.Paused
         : DownloadJobStatus.Waiting;
     }
+    for (const follower of runtime.followers) this.#paused(follower);
     if (this.#isIdle()) this.#wakeIdleWaiters();
   }
 
@@ -632,12 +684,19 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (multi) return multi.parts;
     const runtime = this.#jobs.get(id);
     if (!runtime) throw new UnknownJobIdError(id);
-    return [runtime];
+    // Pausing or resuming an attached job acts on the transfer it shares.
+    return [runtime.leader ?? runtime];
   }
 
   #cancel(runtime: JobRuntime): void {
     const { job } = runtime;
     if (job.inTerminalState) return;
+    if (runtime.leader) {
+      // Only this caller gives up; the shared transfer goes on for the others.
+      runtime.leader.followers.splice(runtime.leader.followers.indexOf(runtime), 1);
+      this.#settle(runtime, DownloadJobStatus.Cancelled);
+      return;
+    }
     if (job.status === DownloadJobStatus.Running && runtime.controller) {
       runtime.controller.abort(new Interruption("cancelled"));
       return;
@@ -677,6 +736,14 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       this.#call(runtime.callbacks.onError, job, error);
     }
     if (runtime.parent) this.#partSettled(runtime.parent, runtime, error);
+    const key = `${job.source}\n${job.dest}`;
+    if (this.#leaders.get(key) === runtime) this.#leaders.delete(key);
+    for (const follower of runtime.followers) {
+      if (follower.job.inTerminalState) continue;
+      const { downloadPath, bytes, totalBytes, errorType, error: trace } = job;
+      Object.assign(follower.job, { downloadPath, bytes, totalBytes, errorType, error: trace });
+      this.#settle(follower, status, error);
+    }
     runtime.done.resolve(job);
     if (this.#isIdle()) this.#wakeIdleWaiters();
   }
@@ -692,6 +759,11 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#store.progress(job.id, job.bytes, job.totalBytes);
     this.#emit("download_progress", job);
     this.#call(runtime.callbacks.onProgress, job);
+    for (const follower of runtime.followers) {
+      follower.job.bytes = job.bytes;
+      follower.job.totalBytes = job.totalBytes;
+      this.#progress(follower, final);
+    }
     const multi = runtime.parent;
     if (multi && (final || now - multi.lastProgressAt >= this.#progressIntervalMs)) {
       multi.lastProgressAt = now;

@@ -3,6 +3,7 @@
  * payloads and REST bodies. Absent fields are omitted (InvokeAI's `exclude_none`); secrets never appear.
  */
 import type { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
+import type { DownloadRequest, MultiFileDownloadRequest } from "./queue.js";
 
 export interface WireJob {
   source: string;
@@ -105,4 +106,42 @@ export function eventPayload<E extends QueueEventName>(event: E, job: DownloadJo
 function withoutUndefined<T extends object>(value: T): T {
   for (const key of Object.keys(value) as (keyof T)[]) if (value[key] === undefined) delete value[key];
   return value;
+}
+
+/** The body of `POST /api/v1/download_queue/i/`, as InvokeAI's `download` route takes it. */
+export interface WireDownloadRequest {
+  source: string;
+  dest: string;
+  priority?: number;
+  access_token?: string | null;
+}
+
+/** The body of `POST /api/v1/download_queue/multi/`: several files under one dest. */
+export interface WireMultiFileDownloadRequest {
+  parts: { url: string; path: string }[];
+  dest: string;
+  priority?: number;
+  access_token?: string | null;
+}
+
+/** `dest` replaces the body's, for a service that resolves it inside its own root first. */
+export function downloadRequestFromWire(body: WireDownloadRequest, dest = body.dest): DownloadRequest {
+  return withoutUndefined({
+    source: body.source,
+    dest,
+    priority: body.priority,
+    accessToken: body.access_token ?? undefined,
+  });
+}
+
+export function multiFileRequestFromWire(
+  body: WireMultiFileDownloadRequest,
+  dest = body.dest,
+): MultiFileDownloadRequest {
+  return withoutUndefined({
+    parts: body.parts.map((part) => ({ url: part.url, path: part.path })),
+    dest,
+    priority: body.priority,
+    accessToken: body.access_token ?? undefined,
+  });
 }

@@ -196,3 +196,54 @@ describe("pause and resume", () => {
     assert.equal(waiting.status, "completed");
   });
 });
+
+describe("no double work", () => {
+  test("two jobs for the same URL and file share one transfer, each with its own callbacks", async (t) => {
+    const dir = await tempDir(t);
+    const route = origin.route("/dup/model.bin", { size: 800_000, throttleBytesPerSec: 2_000_000 });
+    const queue = new DownloadQueue();
+    const calls: string[] = [];
+    const first = queue.download({ source: route.url, dest: dir, onComplete: () => calls.push("first") });
+    await once(queue, "download_progress");
+    const second = queue.download({
+      source: route.url,
+      dest: dir,
+      onStart: () => calls.push("second started"),
+      onComplete: () => calls.push("second"),
+    });
+    const third = queue.download({ source: route.url, dest: dir, onCancelled: () => calls.push("third cancelled") });
+    queue.cancelJob(third);
+    await queue.join();
+    await queue.stop();
+    assert.deepEqual(calls.sort(), ["first", "second", "second started", "third cancelled"]);
+    assert.equal(route.requests.length, 1);
+    assert.notEqual(first.id, second.id);
+    assert.deepEqual(
+      [first, second].map((j) => [j.status, j.bytes, j.downloadPath]),
+      [first, second].map(() => ["completed", 800_000, join(dir, "model.bin")]),
+    );
+    assert.equal(third.status, "cancelled");
+    assert.equal(await fileSha256(join(dir, "model.bin")), await route.sha256());
+  });
+
+  test("a second queue writing the same file is stopped by the lock, never interleaving bytes", async (t) => {
+    const dir = await tempDir(t);
+    const route = origin.route("/dup/locked.bin", { size: 600_000, throttleBytesPerSec: 1_500_000 });
+    const a = new DownloadQueue();
+    const b = new DownloadQueue({ retries: 0 });
+    const target = join(dir, "locked.bin");
+    const first = a.download({ source: route.url, dest: target });
+    await once(a, "download_started");
+    const second = b.download({ source: route.url, dest: target });
+    await b.waitForJob(second);
+    assert.equal(second.status, "error");
+    assert.equal(second.errorType, "FileLockedError");
+    assert.match(second.error ?? "", /being downloaded by another queue or process/);
+    await a.waitForJob(first);
+    await Promise.all([a.stop(), b.stop()]);
+    assert.equal(first.status, "completed");
+    assert.equal(route.requests.length, 1);
+    assert.equal(await fileSha256(target), await route.sha256());
+    assert.deepEqual(await listFiles(dir), ["locked.bin"]);
+  });
+});

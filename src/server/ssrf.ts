@@ -5,8 +5,9 @@
  * so a host name that resolves to a public address at check time and a private one later (DNS rebinding) is refused
  * as well.
  */
-import { lookup as dnsLookup, type LookupAddress, type LookupOptions } from "node:dns";
-import { isIP } from "node:net";
+import { lookup as dnsLookup } from "node:dns";
+import { lookup as dnsLookupAll } from "node:dns/promises";
+import { isIP, type LookupFunction } from "node:net";
 import { Agent } from "undici";
 import { DlqError } from "../index.js";
 
@@ -97,7 +98,7 @@ export function blockedReason(address: string): string | undefined {
     if (inBlock(prefix, value, 128)) {
       const embedded = (value >> shift) & 0xffffffffn;
       const why = matchBlock(V4_BLOCKS, embedded, 32);
-      return why && `${why.replace(/^an? /, "an ")} in ${prefix.why} form`.replace(/^an (?=[^aeiou])/, "a ");
+      return why && `${why} (in ${prefix.why} form)`;
     }
   }
   return undefined;
@@ -129,13 +130,11 @@ export function redirectGuard(policy: AddressPolicy): ((url: URL) => Promise<voi
   return policy.allowPrivateNetworks ? undefined : (url) => assertPublicUrl(url, policy);
 }
 
-type LookupCallback = (err: NodeJS.ErrnoException | null, address: string | LookupAddress[], family?: number) => void;
-
 /**
  * A `net.connect` lookup that refuses private addresses at the moment of connecting. The URL checks above resolve the
  * name earlier; a name whose DNS answer changes in between (rebinding) is caught here.
  */
-export function guardedLookup(): (hostname: string, options: LookupOptions, callback: LookupCallback) => void {
+export function guardedLookup(): LookupFunction {
   return (hostname, options, callback) => {
     dnsLookup(hostname, { ...options, all: true }, (err, addresses) => {
       if (err) return callback(err, []);
@@ -158,8 +157,7 @@ export function guardedDispatcher(policy: AddressPolicy, connectTimeoutMs = 30_0
 }
 
 async function resolveAll(hostname: string): Promise<string[]> {
-  const { lookup } = await import("node:dns/promises");
-  const results = await lookup(hostname, { all: true, verbatim: true });
+  const results = await dnsLookupAll(hostname, { all: true, verbatim: true });
   return results.map((result) => result.address);
 }
 

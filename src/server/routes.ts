@@ -1,0 +1,260 @@
+/**
+ * InvokeAI's `download_queue` router (same paths, bodies and status codes), plus multi-file jobs, pause/resume and
+ * the event stream. Mounted under /api/v1/download_queue.
+ */
+import type { FastifyInstance } from "fastify";
+import { type DownloadQueue, UnknownJobIdError } from "../index.js";
+import {
+  downloadRequestFromWire,
+  multiFileRequestFromWire,
+  type WireDownloadRequest,
+  type WireMultiFileDownloadRequest,
+} from "../wire.js";
+import { type EventHub, streamEvents } from "./events.js";
+import { resolveDest } from "./paths.js";
+import {
+  badRequest,
+  downloadBody,
+  type EventsQuery,
+  eventsQuery,
+  type IdParams,
+  idParams,
+  multiDownloadBody,
+  noContent,
+  notFound,
+} from "./schemas.js";
+import { type AddressPolicy, assertPublicUrl } from "./ssrf.js";
+import { checkedUrl } from "./urls.js";
+
+export interface RouteOptions {
+  queue: DownloadQueue;
+  hub: EventHub;
+  /** Real path of the download root. */
+  root: string;
+  policy: AddressPolicy;
+  /** Called for every open event stream when the server closes, so closing does not wait on them. */
+  trackStream: (end: () => void) => () => void;
+}
+
+const tags = ["download_queue"];
+const security = [{ bearer: [] }];
+/** Every job, by its id; the snapshot's event number lets a client line the snapshot up with the event stream. */
+const LAST_EVENT_HEADER = "x-last-event-id";
+
+export async function queueRoutes(app: FastifyInstance, options: RouteOptions): Promise<void> {
+  const { queue, hub, root, policy } = options;
+
+  app.get(
+    "/",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "list_downloads",
+        summary: "Every download job, waiting, running or finished, until pruned",
+        description: `The ${LAST_EVENT_HEADER} header gives the number of the last event that this list already reflects.`,
+        response: { 200: { type: "array", items: { $ref: "DownloadJob#" } } },
+      },
+    },
+    async (_request, reply) => {
+      reply.header(LAST_EVENT_HEADER, String(hub.lastId));
+      return queue.listJobs().map((job) => job.toJSON());
+    },
+  );
+
+  app.patch(
+    "/",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "prune_downloads",
+        summary: "Forget finished jobs (completed, cancelled, error)",
+        response: { 204: noContent },
+      },
+    },
+    async (_request, reply) => {
+      queue.pruneJobs();
+      return reply.code(204).send();
+    },
+  );
+
+  app.post<{ Body: WireDownloadRequest }>(
+    "/i/",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "download",
+        summary: "Queue a download",
+        body: downloadBody,
+        response: { 200: { $ref: "DownloadJob#" }, 400: badRequest },
+      },
+    },
+    async (request) => {
+      const body = request.body;
+      await checkSource(body.source, policy);
+      const dest = await resolveDest(root, body.dest);
+      return queue.download(downloadRequestFromWire(body, dest)).toJSON();
+    },
+  );
+
+  app.post<{ Body: WireMultiFileDownloadRequest }>(
+    "/multi/",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "multifile_download",
+        summary: "Queue several files under one dest; one failing fails (and cancels) them all",
+        body: multiDownloadBody,
+        response: { 200: { $ref: "MultiFileDownloadJob#" }, 400: badRequest },
+      },
+    },
+    async (request) => {
+      const body = request.body;
+      for (const part of body.parts) await checkSource(part.url, policy);
+      const dest = await resolveDest(root, body.dest);
+      // The queue keeps each part's path inside dest; this also refuses links below dest that lead out of the root.
+      for (const part of body.parts) await resolveDest(root, `${body.dest}/${part.path}`);
+      return queue.multifileDownload(multiFileRequestFromWire(body, dest)).toJSON();
+    },
+  );
+
+  app.get(
+    "/multi/",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "list_multifile_downloads",
+        summary: "Every multi-file job, until pruned",
+        response: { 200: { type: "array", items: { $ref: "MultiFileDownloadJob#" } } },
+      },
+    },
+    async () => queue.listMultifileJobs().map((job) => job.toJSON()),
+  );
+
+  app.get<{ Params: IdParams }>(
+    "/i/:id",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "get_download_job",
+        summary: "One job (a multi-file job's id gives the multi-file job)",
+        params: idParams,
+        response: {
+          200: { anyOf: [{ $ref: "DownloadJob#" }, { $ref: "MultiFileDownloadJob#" }] },
+          404: notFound,
+        },
+      },
+    },
+    async (request) => queue.idToJob(request.params.id).toJSON(),
+  );
+
+  app.delete<{ Params: IdParams }>(
+    "/i/:id",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "cancel_download_job",
+        summary: "Cancel a job; its partial file is deleted",
+        params: idParams,
+        response: { 204: noContent, 404: notFound },
+      },
+    },
+    async (request, reply) => {
+      queue.cancelJob(request.params.id);
+      return reply.code(204).send();
+    },
+  );
+
+  app.delete(
+    "/i",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "cancel_all_download_jobs",
+        summary: "Cancel every job",
+        response: { 204: noContent },
+      },
+    },
+    async (_request, reply) => {
+      queue.cancelAllJobs();
+      return reply.code(204).send();
+    },
+  );
+
+  for (const action of ["pause", "resume"] as const) {
+    app.post<{ Params: IdParams }>(
+      `/i/:id/${action}`,
+      {
+        schema: {
+          tags,
+          security,
+          operationId: `${action}_download_job`,
+          summary:
+            action === "pause"
+              ? "Stop a job and keep its partial file"
+              : "Queue a paused job again; it continues where it stopped",
+          params: idParams,
+          response: { 204: noContent, 404: notFound },
+        },
+      },
+      async (request, reply) => {
+        const { id } = request.params;
+        // idToJob first: pausing an unknown id must be a 404, and the queue's own lookup would say so too late.
+        queue.idToJob(id);
+        if (action === "pause") queue.pauseJob(id);
+        else queue.resumeJob(id);
+        return reply.code(204).send();
+      },
+    );
+  }
+
+  app.get<{ Querystring: EventsQuery }>(
+    "/events",
+    {
+      schema: {
+        tags,
+        security,
+        operationId: "download_events",
+        summary: "Server-Sent Events: every queue event, replayed from Last-Event-ID after a reconnect",
+        description:
+          "`id:` is the event's number, `event:` its name (download_started, download_progress, download_complete, " +
+          "download_error, download_cancelled, download_paused), `data:` its JSON payload. Progress comes at most " +
+          "4 times a second per job. A `resync` event means the missed events are gone: reload the job list.",
+        querystring: eventsQuery,
+        produces: ["text/event-stream"],
+        response: { 200: { description: "An endless text/event-stream.", type: "string" } },
+      },
+    },
+    (request, reply) => {
+      reply.hijack();
+      const res = reply.raw;
+      res.writeHead(200, {
+        ...reply.getHeaders(),
+        "content-type": "text/event-stream; charset=utf-8",
+        "cache-control": "no-store",
+        // nginx would otherwise buffer the stream.
+        "x-accel-buffering": "no",
+      });
+      const end = streamEvents(hub, res, headerValue(request.headers["last-event-id"]));
+      const untrack = options.trackStream(end);
+      res.on("close", untrack);
+    },
+  );
+}
+
+async function checkSource(source: string, policy: AddressPolicy): Promise<void> {
+  await assertPublicUrl(checkedUrl(source), policy);
+}
+
+function headerValue(value: string | string[] | undefined): string | undefined {
+  return Array.isArray(value) ? value[0] : value;
+}
+
+export { UnknownJobIdError };
