@@ -3,7 +3,7 @@
  * the event stream. Mounted under /api/v1/download_queue.
  */
 import type { FastifyInstance } from "fastify";
-import { type DownloadQueue, UnknownJobIdError } from "../index.js";
+import type { DownloadQueue } from "../index.js";
 import {
   downloadRequestFromWire,
   multiFileRequestFromWire,
@@ -23,8 +23,7 @@ import {
   noContent,
   notFound,
 } from "./schemas.js";
-import { type AddressPolicy, assertPublicUrl } from "./ssrf.js";
-import { checkedUrl } from "./urls.js";
+import { type AddressPolicy, assertPublicUrl, parseSource } from "./ssrf.js";
 
 export interface RouteOptions {
   queue: DownloadQueue;
@@ -38,7 +37,7 @@ export interface RouteOptions {
 
 const tags = ["download_queue"];
 const security = [{ bearer: [] }];
-/** Every job, by its id; the snapshot's event number lets a client line the snapshot up with the event stream. */
+/** On the job list: the number of the last event it reflects, so a client can line it up with the event stream. */
 const LAST_EVENT_HEADER = "x-last-event-id";
 
 export async function queueRoutes(app: FastifyInstance, options: RouteOptions): Promise<void> {
@@ -206,8 +205,6 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
       async (request, reply) => {
         const { id } = request.params;
-        // idToJob first: pausing an unknown id must be a 404, and the queue's own lookup would say so too late.
-        queue.idToJob(id);
         if (action === "pause") queue.pauseJob(id);
         else queue.resumeJob(id);
         return reply.code(204).send();
@@ -235,8 +232,9 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
     (request, reply) => {
       reply.hijack();
       const res = reply.raw;
+      // Headers set by hooks (CORS) live on the reply, which a hijacked response no longer sends.
+      for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) res.setHeader(name, value);
       res.writeHead(200, {
-        ...reply.getHeaders(),
         "content-type": "text/event-stream; charset=utf-8",
         "cache-control": "no-store",
         // nginx would otherwise buffer the stream.
@@ -250,11 +248,9 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
 }
 
 async function checkSource(source: string, policy: AddressPolicy): Promise<void> {
-  await assertPublicUrl(checkedUrl(source), policy);
+  await assertPublicUrl(parseSource(source), policy);
 }
 
 function headerValue(value: string | string[] | undefined): string | undefined {
   return Array.isArray(value) ? value[0] : value;
 }
-
-export { UnknownJobIdError };

@@ -9,7 +9,7 @@ import { lookup as dnsLookup } from "node:dns";
 import { lookup as dnsLookupAll } from "node:dns/promises";
 import { isIP, type LookupFunction } from "node:net";
 import { Agent } from "undici";
-import { DlqError } from "../index.js";
+import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../index.js";
 
 /** Every address `hostname` resolves to; the hook lets tests stand in for DNS. */
 export type Resolver = (hostname: string) => Promise<string[]>;
@@ -104,6 +104,18 @@ export function blockedReason(address: string): string | undefined {
   return undefined;
 }
 
+/** The URL a client submitted, refused with the queue's own errors before any name is resolved. */
+export function parseSource(source: string): URL {
+  let url: URL;
+  try {
+    url = new URL(source);
+  } catch {
+    throw new InvalidUrlError(source);
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UnsupportedSchemeError(url.protocol);
+  return url;
+}
+
 /** Throws BlockedAddressError unless every address the URL's host resolves to is public (or the policy allows all). */
 export async function assertPublicUrl(url: URL, policy: AddressPolicy): Promise<void> {
   if (policy.allowPrivateNetworks) return;
@@ -150,10 +162,9 @@ export function guardedLookup(): LookupFunction {
   };
 }
 
-/** The dispatcher the service's queue downloads through: undici's Agent with the connect-time check. */
-export function guardedDispatcher(policy: AddressPolicy, connectTimeoutMs = 30_000): Agent {
-  const connect = { timeout: connectTimeoutMs, ...(policy.allowPrivateNetworks ? {} : { lookup: guardedLookup() }) };
-  return new Agent({ connect, connectTimeout: connectTimeoutMs });
+/** The dispatcher a service queue downloads through, unless private networks are allowed: connections checked. */
+export function guardedDispatcher(connectTimeoutMs = 30_000): Agent {
+  return new Agent({ connect: { timeout: connectTimeoutMs, lookup: guardedLookup() }, connectTimeout: connectTimeoutMs });
 }
 
 async function resolveAll(hostname: string): Promise<string[]> {

@@ -1,0 +1,175 @@
+/**
+ * The download queue as an HTTP service: InvokeAI's download_queue API under /api/v1/download_queue, an event stream,
+ * OpenAPI at /docs and the web page at /. Built as a factory so it can be listened on, injected into in tests, or
+ * registered next to other routes.
+ */
+import { existsSync } from "node:fs";
+import { dirname, join } from "node:path";
+import { fileURLToPath } from "node:url";
+import fastifyStatic from "@fastify/static";
+import fastifySwagger from "@fastify/swagger";
+import fastifySwaggerUi from "@fastify/swagger-ui";
+import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
+import { DlqError, type DownloadQueue, defaultLogger, type Logger } from "../index.js";
+import { EventHub, type EventHubOptions } from "./events.js";
+import { prepareRoot } from "./paths.js";
+import { queueRoutes } from "./routes.js";
+import { errorSchema, jobSchema, multiJobSchema } from "./schemas.js";
+import { installAccessControl } from "./security.js";
+import type { Resolver } from "./ssrf.js";
+
+export const API_PREFIX = "/api/v1/download_queue";
+const EVENTS_PATH = `${API_PREFIX}/events`;
+const VERSION = "0.1.0";
+
+export interface ServerOptions {
+  /**
+   * The queue to serve. Unless allowPrivateNetworks, give it `checkRedirect: redirectGuard(policy)` and
+   * `dispatcher: guardedDispatcher()` (ssrf.ts) so redirects and connections are checked too: this server can only
+   * check what is submitted to it.
+   */
+  queue: DownloadQueue;
+  /** Every dest is resolved inside this folder, created if missing. */
+  root: string;
+  /** Required on anything under /api when set: `Authorization: Bearer <token>`. */
+  authToken?: string;
+  /** Let network clients download from private, loopback and link-local addresses (default false). */
+  allowPrivateNetworks?: boolean;
+  /** An origin allowed to call the API from its pages (CORS is off without it). */
+  cors?: string;
+  /** Stands in for DNS when checking sources (tests). */
+  resolve?: Resolver;
+  /** Folder of the built page (default: dist/web of this package). */
+  webRoot?: string;
+  /** Largest request body in bytes (default 64 KiB). */
+  bodyLimit?: number;
+  events?: EventHubOptions;
+  /** Where unexpected server errors are reported (default: the library's logger). */
+  logger?: Logger;
+}
+
+export async function buildServer(options: ServerOptions): Promise<FastifyInstance> {
+  const root = await prepareRoot(options.root);
+  const logger = options.logger ?? defaultLogger;
+  const app = Fastify({
+    // Request logs would carry the ?token= of event streams; errors are reported through `logger` instead.
+    logger: false,
+    bodyLimit: options.bodyLimit ?? 64 * 1024,
+    routerOptions: { ignoreTrailingSlash: true },
+    // Refuse unknown fields instead of silently dropping them; `verbose` lets the error name the accepted ones.
+    ajv: { customOptions: { removeAdditional: false, verbose: true } },
+  });
+
+  app.setErrorHandler((error: FastifyError, _request, reply) => {
+    if (error.validation) return reply.code(400).send({ detail: describeValidation(error) });
+    if (error instanceof DlqError) {
+      const status = error.code === "DLQ_ERR_UNKNOWN_JOB_ID" ? 404 : error.code === "DLQ_ERR_QUEUE_STOPPED" ? 503 : 400;
+      return reply.code(status).send({ detail: error.message });
+    }
+    if (error.statusCode !== undefined && error.statusCode < 500) {
+      return reply.code(error.statusCode).send({ detail: describeHttpError(error) });
+    }
+    logger.error(`server error: ${error.stack ?? error.message}`);
+    return reply.code(500).send({ detail: `Internal error (${error.message}); see the server's log.` });
+  });
+  app.setNotFoundHandler((request, reply) =>
+    reply.code(404).send({
+      detail: `No route ${request.method} ${request.url.split("?")[0]}: the API is under ${API_PREFIX}/ (see /docs).`,
+    }),
+  );
+
+  installAccessControl(app, { authToken: options.authToken, cors: options.cors, eventsPath: EVENTS_PATH });
+
+  for (const schema of [jobSchema, multiJobSchema, errorSchema]) app.addSchema(schema);
+  await app.register(fastifySwagger, {
+    openapi: {
+      info: {
+        title: "dlqueue",
+        version: VERSION,
+        description: "A download queue for very large files; InvokeAI's download_queue API plus events.",
+      },
+      components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },
+    },
+    refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
+  });
+  await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
+
+  const hub = new EventHub(options.queue, options.events);
+  const streams = new Set<() => void>();
+  app.addHook("preClose", async () => {
+    for (const end of streams) end();
+  });
+  app.addHook("onClose", async () => hub.close());
+  await app.register(queueRoutes, {
+    prefix: API_PREFIX,
+    queue: options.queue,
+    hub,
+    root,
+    policy: { allowPrivateNetworks: options.allowPrivateNetworks ?? false, resolve: options.resolve },
+    trackStream: (end) => {
+      streams.add(end);
+      return () => streams.delete(end);
+    },
+  });
+
+  const webRoot = options.webRoot ?? findWebRoot();
+  if (webRoot) {
+    await app.register(fastifyStatic, {
+      root: webRoot,
+      wildcard: false,
+      setHeaders: (res) => {
+        res.setHeader("content-security-policy", PAGE_CSP);
+        res.setHeader("x-content-type-options", "nosniff");
+      },
+    });
+  } else {
+    app.get("/", { schema: { hide: true } }, async (_request, reply) =>
+      reply
+        .code(503)
+        .type("text/plain; charset=utf-8")
+        .send("The web page is not built: run `npm run build`. The API is under /api/v1/download_queue/."),
+    );
+  }
+  return app;
+}
+
+/** The page loads only its own files and talks only to this server. */
+const PAGE_CSP =
+  "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
+  "base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/** dist/web next to dist/server when running the build, or the build's when running the sources (tsx). */
+function findWebRoot(): string | undefined {
+  const here = dirname(fileURLToPath(import.meta.url));
+  return [join(here, "../web"), join(here, "../../dist/web")].find((dir) => existsSync(join(dir, "index.html")));
+}
+
+function describeValidation(error: FastifyError): string {
+  const first = error.validation?.[0];
+  const where = `${error.validationContext ?? "request"}${first?.instancePath ?? ""}`;
+  if (first?.keyword === "additionalProperties") {
+    const field = String(first.params.additionalProperty);
+    const { parentSchema } = first as { parentSchema?: { properties?: object } };
+    const accepted = Object.keys(parentSchema?.properties ?? {});
+    return `${where} has an unknown field ${JSON.stringify(field)}; remove it (accepted: ${accepted.join(", ")}).`;
+  }
+  if (first?.keyword === "required") {
+    return `${where} is missing the required field ${JSON.stringify(String(first.params.missingProperty))}.`;
+  }
+  return `${error.message}.`;
+}
+
+function describeHttpError(error: FastifyError): string {
+  switch (error.code) {
+    case "FST_ERR_CTP_BODY_TOO_LARGE":
+      return `The request body is too large: ${error.message}.`;
+    case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
+      return `${error.message}: send the body as application/json.`;
+    case "FST_ERR_CTP_EMPTY_JSON_BODY":
+      return "The body is empty but Content-Type says JSON: send a JSON object.";
+    default:
+      return error.code === "FST_ERR_CTP_INVALID_JSON_BODY" || error instanceof SyntaxError
+        ? `The body is not valid JSON (${error.message}); send a JSON object.`
+        : error.message;
+  }
+}
