@@ -2,7 +2,8 @@
 /** The `dlqueue` command. Exit status: 0 all done, 1 some downloads failed, 2 bad usage, 128+n on signal n. */
 import { readFileSync } from "node:fs";
 import { Command, CommanderError } from "commander";
-import { addGetCommand } from "./get.js";
+import { addGetCommand, addResumeCommand } from "./get.js";
+import { addServeCommand } from "./serve.js";
 
 // Two levels up from both src/cli/main.ts and dist/cli/main.js.
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
@@ -16,6 +17,8 @@ const program = new Command("dlqueue")
   .exitOverride()
   .showHelpAfterError("(add --help for usage)");
 addGetCommand(program);
+addResumeCommand(program);
+addServeCommand(program);
 
 let code: number;
 try {

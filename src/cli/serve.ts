@@ -1,0 +1,145 @@
+/** `dlqueue serve`: the queue as a local service, with InvokeAI's download_queue API, live events and a web page. */
+import { resolve } from "node:path";
+import { type Command, InvalidArgumentError, Option } from "commander";
+import { DownloadQueue } from "../index.js";
+import { API_PREFIX, buildServer } from "../server/app.js";
+import { isLoopbackHost } from "../server/security.js";
+import { guardedDispatcher, redirectGuard } from "../server/ssrf.js";
+
+export interface ServeOptions {
+  host: string;
+  port: number;
+  root: string;
+  authToken?: string;
+  allowPrivateNetworks?: boolean;
+  cors?: string;
+  maxParallel?: number;
+  state?: string;
+}
+
+const HELP = `
+API (InvokeAI's download_queue router, plus pause/resume, multi-file jobs and events):
+  GET    ${API_PREFIX}/             every job
+  PATCH  ${API_PREFIX}/             forget finished jobs (204)
+  POST   ${API_PREFIX}/i/           {"source","dest","priority"?,"access_token"?}
+  GET    ${API_PREFIX}/i/{id}       one job (404 if unknown)
+  DELETE ${API_PREFIX}/i/{id}       cancel (204/404)
+  DELETE ${API_PREFIX}/i            cancel all (204)
+  POST   ${API_PREFIX}/i/{id}/pause and /resume (204/404)
+  POST   ${API_PREFIX}/multi/       {"parts":[{"url","path"}],"dest",...}
+  GET    ${API_PREFIX}/events       Server-Sent Events, Last-Event-ID replay
+  The web page is at /, the OpenAPI documentation at /docs.
+
+Safety:
+  Listens on 127.0.0.1 by default; any other --host needs --auth-token.
+  With a token, the API wants "Authorization: Bearer <token>" (the event
+  stream also takes ?token=); the page at / asks for it.
+  Every dest is relative to --root; absolute paths, ".." and symbolic links
+  out of it are refused. Sources and redirects to private, loopback and
+  link-local addresses are refused unless --allow-private-networks.
+
+Stops on Ctrl-C or SIGTERM: running downloads keep their partial files (and,
+with --state, come back and resume at the next start). Exit status 0 after a
+clean stop, 2 for bad usage or a port that cannot be used.`;
+
+export function addServeCommand(program: Command): Command {
+  return program
+    .command("serve")
+    .description("Run the queue as a service: InvokeAI's download_queue REST API, live events and a web page.")
+    .option("--host <host>", "address to listen on; anything but loopback needs --auth-token", "127.0.0.1")
+    .option("--port <n>", "port to listen on (0: any free port)", integer(0, 65535), 9190)
+    .option("--root <dir>", "folder every download goes into (created if missing)", "./downloads")
+    .addOption(new Option("--auth-token <token>", "require this Bearer token on the API").env("DLQUEUE_AUTH_TOKEN"))
+    .option("--allow-private-networks", "let clients download from private, loopback and link-local addresses")
+    .option("--cors <origin>", 'let pages from this origin call the API, e.g. "http://localhost:5173"')
+    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
+    .option("--state <file>", "keep jobs in this SQLite file, so they survive a restart and resume")
+    .addHelpText("after", HELP)
+    .action(async (options: ServeOptions, command: Command) => {
+      process.exitCode = await runServe(options, command);
+    });
+}
+
+async function runServe(options: ServeOptions, command: Command): Promise<number> {
+  const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2, code: "dlqueue.usage" });
+  const authToken = options.authToken?.trim() || undefined;
+  if (!authToken && !isLoopbackHost(options.host)) {
+    usage(
+      `--host ${options.host} would let other machines reach the queue, so it needs --auth-token ` +
+        "(or DLQUEUE_AUTH_TOKEN); without one, keep the default --host 127.0.0.1.",
+    );
+  }
+  if (options.cors !== undefined && !/^https?:\/\/[^/]+$/.test(options.cors)) {
+    usage(`--cors takes an origin such as "http://localhost:5173" (scheme, host, port; no path), not ${options.cors}.`);
+  }
+  const allowPrivateNetworks = options.allowPrivateNetworks === true;
+  const dispatcher = allowPrivateNetworks ? undefined : guardedDispatcher();
+  let queue: DownloadQueue;
+  try {
+    queue = new DownloadQueue({
+      maxParallelDownloads: options.maxParallel,
+      checkRedirect: redirectGuard({ allowPrivateNetworks }),
+      dispatcher,
+      store: options.state === undefined ? undefined : resolve(options.state),
+    });
+  } catch (err) {
+    await dispatcher?.close();
+    return usage(`cannot open --state ${options.state}: ${(err as Error).message}`);
+  }
+  const root = resolve(options.root);
+  const shutdown = async () => {
+    await queue.stop();
+    await dispatcher?.close();
+  };
+  let app: Awaited<ReturnType<typeof buildServer>>;
+  try {
+    app = await buildServer({ queue, root, authToken, allowPrivateNetworks, cors: options.cors });
+    await app.listen({ host: options.host, port: options.port });
+  } catch (err) {
+    await shutdown();
+    const code = (err as NodeJS.ErrnoException).code;
+    const hint =
+      code === "EADDRINUSE"
+        ? "; choose another --port"
+        : code === "EADDRNOTAVAIL" || code === "ENOTFOUND"
+          ? "; --host must be an address of this machine"
+          : "";
+    return usage(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}${hint}`);
+  }
+
+  const address = app.server.address();
+  const port = typeof address === "object" && address ? address.port : options.port;
+  const host = options.host.includes(":") ? `[${options.host}]` : options.host;
+  process.stdout.write(
+    `dlqueue serve: listening on http://${host}:${port}/ (API ${API_PREFIX}/, docs /docs); downloads go to ${root}\n`,
+  );
+
+  const signal = await new Promise<NodeJS.Signals>((done) => {
+    const onSignal = (received: NodeJS.Signals) => {
+      process.off("SIGINT", onSignal);
+      process.off("SIGTERM", onSignal);
+      done(received);
+    };
+    process.on("SIGINT", onSignal);
+    process.on("SIGTERM", onSignal);
+  });
+  // A second signal while shutting down quits at once; partial files are already on disk.
+  const force = () => process.exit(signal === "SIGINT" ? 130 : 143);
+  process.once("SIGINT", force);
+  process.once("SIGTERM", force);
+  process.stderr.write(`dlqueue serve: ${signal}, stopping; unfinished downloads keep their partial files\n`);
+  await app.close();
+  await shutdown();
+  process.off("SIGINT", force);
+  process.off("SIGTERM", force);
+  return 0;
+}
+
+function integer(min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
+  return (value) => {
+    if (!/^\d+$/.test(value)) throw new InvalidArgumentError("Give a whole number.");
+    const n = Number(value);
+    if (n < min || n > max) throw new InvalidArgumentError(`Give a whole number from ${min} to ${max}.`);
+    return n;
+  };
+}
