@@ -410,6 +410,34 @@ describe("dlqueue get interrupted and run again", () => {
   });
 });
 
+describe("dlqueue get --state, killed, then dlqueue resume", () => {
+  it("SIGKILL leaves the jobs in the state file; `resume` finishes them from their partial files", async () => {
+    const big = origin.route("/state/big.bin", { size: 2_000_000, throttleBytesPerSec: 600_000 });
+    const waiting = origin.route("/state/next.bin", { size: 50_000 });
+    const dir = freshDir();
+    const state = join(dir, "state", "queue.db");
+    const first = new CliRun(["get", "-j", "1", "--state", state, "-d", `${dir}/`, big.url, waiting.url]);
+    await first.waitForEvent((line) => line.event === "download_progress" && (line.current_bytes as number) >= 300_000);
+    first.child.kill("SIGKILL");
+    await first.exited;
+    assert.equal(waiting.requests.length, 0);
+
+    const resumed = await runCli(["resume", "--state", state]);
+    assert.equal(resumed.code, 0, resumed.stderr);
+    const lines = parseJsonLines(resumed.stdout);
+    assert.equal(jobLine(lines, big.url).status, "completed");
+    assert.equal(jobLine(lines, waiting.url).status, "completed");
+    const range = Number(/^bytes=(\d+)-$/.exec(String(big.requests.at(-1)?.headers.range))?.[1]);
+    assert.ok(range > 0, `resumed with Range ${range}`);
+    await assertFile(join(dir, "big.bin"), big);
+    await assertFile(join(dir, "next.bin"), waiting);
+
+    const again = await runCli(["resume", "--state", state]);
+    assert.equal(again.code, 0);
+    assert.match(again.stderr, /Nothing to resume/);
+  });
+});
+
 describe("dlqueue get --input-file", () => {
   it("honours dest=, sha256= and priority= on the URL line and on indented lines", async () => {
     const one = origin.route("/list/one.bin", { size: 150_000 });

@@ -1,6 +1,6 @@
 /** `dlqueue get`: download URLs with live bars, resumable on Ctrl-C, scriptable through JSON lines. */
 import { mkdirSync, statSync } from "node:fs";
-import { constants } from "node:os";
+import { constants, homedir } from "node:os";
 import { basename, dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { debuglog } from "node:util";
 import { type Command, InvalidArgumentError } from "commander";
@@ -38,6 +38,15 @@ export interface GetOptions {
   retries?: number;
   json?: boolean;
   quiet?: boolean;
+  /** A durable queue file: jobs a killed run left unfinished are resumed, and this run's jobs are recorded. */
+  state?: string | true;
+  /** `dlqueue resume`: no new URLs, only what the state file holds. */
+  resumeOnly?: boolean;
+}
+
+/** `$XDG_STATE_HOME/dlqueue/queue.db`, the XDG default being `~/.local/state`. */
+export function defaultStatePath(env: NodeJS.ProcessEnv = process.env): string {
+  return join(env.XDG_STATE_HOME || join(homedir(), ".local", "state"), "dlqueue", "queue.db");
 }
 
 /** Hosts whose token can come from the environment, so the usual model hubs work without flags. */
@@ -118,9 +127,28 @@ export function addGetCommand(program: Command): Command {
     )
     .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
     .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
+    .option(
+      "--state [file]",
+      "keep the queue in a state file, so `dlqueue resume` finishes what a killed run left (default file: " +
+        "$XDG_STATE_HOME/dlqueue/queue.db)",
+    )
     .addHelpText("after", HELP)
     .action(async (urls: string[], options: GetOptions, command: Command) => {
       process.exitCode = await runGet(urls, options, command);
+    });
+}
+
+export function addResumeCommand(program: Command): Command {
+  return program
+    .command("resume")
+    .description("Finish the downloads a stopped or killed `dlqueue get --state` left unfinished.")
+    .option("--state <file>", "the state file (default: $XDG_STATE_HOME/dlqueue/queue.db)")
+    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
+    .option("--retries <n>", "retries of an interrupted transfer (default: 5)", integer(0))
+    .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
+    .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
+    .action(async (options: GetOptions, command: Command) => {
+      process.exitCode = await runGet([], { ...options, state: options.state ?? true, resumeOnly: true }, command);
     });
 }
 
@@ -154,7 +182,7 @@ const USAGE_ERRORS = new Set(["DLQ_ERR_INVALID_URL", "DLQ_ERR_UNSUPPORTED_SCHEME
 async function runGet(urls: string[], options: GetOptions, command: Command): Promise<number> {
   const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2, code: "dlqueue.usage" });
   const headers = parseHeaders(options.header ?? [], usage);
-  const plan = await planDownloads(urls, options, usage);
+  const plan = options.resumeOnly ? [] : await planDownloads(urls, options, usage);
   checkDestinations(plan, usage);
 
   const tokens = tokenRulesFromEnv(process.env);
@@ -174,12 +202,19 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     // The queue logs each failed job as an error; the CLI reports those itself, with the reason and what to fix.
     error: (message) => debug("%s", message),
   };
-  const queue = new DownloadQueue({
-    maxParallelDownloads: options.maxParallel,
-    retries: options.retries,
-    tokens,
-    logger,
-  });
+  const statePath = options.state === true ? defaultStatePath() : options.state;
+  let queue: DownloadQueue;
+  try {
+    queue = new DownloadQueue({
+      maxParallelDownloads: options.maxParallel,
+      retries: options.retries,
+      tokens,
+      logger,
+      store: statePath,
+    });
+  } catch (err) {
+    return usage(`cannot open the state file ${statePath}: ${(err as Error).message}`);
+  }
   if (json) {
     for (const name of JOB_EVENTS) forwardEvent(queue, name, emit);
   }
@@ -194,14 +229,41 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     if (json) emit({ event: "job", job });
     if (job.status === "error") say(failureReport(job));
   };
+  // Jobs restored from the state file have no callbacks of this process: follow them through events.
+  const restored = new Set(
+    queue
+      .listJobs()
+      .filter((job) => !job.inTerminalState)
+      .map((job) => job.id),
+  );
+  if (options.resumeOnly && restored.size === 0) {
+    say(`Nothing to resume in ${statePath}.`);
+    await queue.stop();
+    return 0;
+  }
+  for (const id of restored) jobs.push(queue.idToJob(id) as DownloadJob);
+  const restoredJob = (id: number) => (restored.has(id) ? (queue.idToJob(id) as DownloadJob) : undefined);
+  queue.on("download_started", (p) => {
+    const job = restoredJob(p.id);
+    if (job) resumedFrom.set(job.id, job.bytes);
+  });
+  queue.on("download_progress", (p) => {
+    const job = restoredJob(p.id);
+    if (job) progress?.update(job);
+  });
+  for (const name of ["download_complete", "download_error", "download_cancelled"] as const) {
+    queue.on(name, (p: { id: number }) => {
+      const job = restoredJob(p.id);
+      if (job) ended(job);
+    });
+  }
 
   let signal: NodeJS.Signals | undefined;
   const onSignal = (received: NodeJS.Signals) => {
     // A second Ctrl-C quits at once: the partial files are already on disk, so nothing is lost.
     if (signal) process.exit(signalExitCode(received));
     signal = received;
-    // join() returns once the transfers are aborted and their files closed; stop() itself may then wait on
-    // connections (see createFolders), which the exit closes anyway.
+    // join() returns once the transfers are aborted and their files closed; the exit closes the connections.
     queue.stop().catch((err: unknown) => debug("%s", `stop: ${err}`));
   };
   process.on("SIGINT", onSignal);
@@ -347,11 +409,7 @@ function checkDestinations(plan: Planned[], usage: (message: string) => never): 
   }
 }
 
-/**
- * Creates each destination folder (and each file's parent) up front. The queue writes a partial's sidecar before it
- * creates the folder, so a missing one fails the job with ENOENT, and such a failure (after the response headers,
- * before the body is read) leaves a response open that makes queue.stop() wait forever.
- */
+/** Creates each destination folder up front, so an unwritable destination is a usage error before anything starts. */
 function createFolders(plan: Planned[]): void {
   for (const item of plan)
     mkdirSync(namesFolder(item.dest) ? item.dest : dirname(resolve(item.dest)), { recursive: true });
