@@ -29,6 +29,12 @@ export interface EventHubOptions {
   capacity?: number;
   /** The shortest time between two progress events of one job (default 250 ms: 4 per second). */
   progressIntervalMs?: number;
+  /**
+   * The number before the first event (default: milliseconds since 1970 × 1000). Numbering from the clock makes a
+   * restarted server's numbers larger than any its predecessor issued, so a client reconnecting with an old
+   * Last-Event-ID is told to resync rather than replayed someone else's events.
+   */
+  firstId?: number;
 }
 
 interface Pending {
@@ -49,7 +55,7 @@ export class EventHub {
   readonly #ring: HubEvent[] = [];
   /** Index in #ring of the oldest event, once the ring is full. */
   #start = 0;
-  #lastId = 0;
+  #lastId: number;
   readonly #subscribers = new Set<(event: HubEvent) => void>();
   readonly #held = new Map<number, Held>();
   readonly #listeners: [QueueEventName, (payload: QueueEventPayloads[QueueEventName]) => void][];
@@ -58,11 +64,12 @@ export class EventHub {
     this.#queue = queue;
     this.#capacity = options.capacity ?? 2000;
     this.#intervalMs = options.progressIntervalMs ?? 250;
+    this.#lastId = options.firstId ?? Date.now() * 1000;
     this.#listeners = EVENT_NAMES.map((name) => [name, (payload) => this.#accept(name, payload)]);
     for (const [name, listener] of this.#listeners) queue.on(name, listener as never);
   }
 
-  /** The id of the newest published event; 0 before the first. */
+  /** The id of the newest published event; `firstId` before the first. */
   get lastId(): number {
     return this.#lastId;
   }

@@ -233,7 +233,8 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       reply.hijack();
       const res = reply.raw;
       // Headers set by hooks (CORS) live on the reply, which a hijacked response no longer sends.
-      for (const [name, value] of Object.entries(reply.getHeaders())) if (value !== undefined) res.setHeader(name, value);
+      for (const [name, value] of Object.entries(reply.getHeaders()))
+        if (value !== undefined) res.setHeader(name, value);
       res.writeHead(200, {
         "content-type": "text/event-stream; charset=utf-8",
         "cache-control": "no-store",

@@ -164,7 +164,10 @@ export function guardedLookup(): LookupFunction {
 
 /** The dispatcher a service queue downloads through, unless private networks are allowed: connections checked. */
 export function guardedDispatcher(connectTimeoutMs = 30_000): Agent {
-  return new Agent({ connect: { timeout: connectTimeoutMs, lookup: guardedLookup() }, connectTimeout: connectTimeoutMs });
+  return new Agent({
+    connect: { timeout: connectTimeoutMs, lookup: guardedLookup() },
+    connectTimeout: connectTimeoutMs,
+  });
 }
 
 async function resolveAll(hostname: string): Promise<string[]> {

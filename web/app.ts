@@ -1,0 +1,454 @@
+/**
+ * The dlqueue page: the job list from GET /, kept live by the event stream, with speed and ETA measured from the
+ * progress events. No framework: each job owns one list item that is updated in place, so a focused button keeps
+ * its focus while progress streams in.
+ */
+
+const API = "/api/v1/download_queue";
+const TOKEN_KEY = "dlqueue-token";
+const EVENT_NAMES = [
+  "download_started",
+  "download_progress",
+  "download_complete",
+  "download_error",
+  "download_cancelled",
+  "download_paused",
+] as const;
+type EventName = (typeof EVENT_NAMES)[number];
+type Status = "waiting" | "running" | "paused" | "completed" | "cancelled" | "error";
+
+interface WireJob {
+  id: number;
+  source: string;
+  dest: string;
+  priority: number;
+  status: Status;
+  download_path?: string;
+  bytes: number;
+  total_bytes: number;
+  error_type?: string;
+}
+
+interface EventData {
+  id: number;
+  source: string;
+  download_path?: string;
+  current_bytes?: number;
+  total_bytes?: number;
+  error_type?: string;
+}
+
+interface QueuedEvent {
+  number: number;
+  name: EventName;
+  data: EventData;
+}
+
+/** Speed is measured over this much recent history: long enough to be steady, short enough to follow changes. */
+const SPEED_WINDOW_MS = 5000;
+
+class JobView {
+  readonly item = document.createElement("li");
+  readonly #name = document.createElement("label");
+  readonly #status = document.createElement("span");
+  readonly #source = document.createElement("p");
+  readonly #progress = document.createElement("progress");
+  readonly #stats = document.createElement("p");
+  readonly #pause = button("Pause");
+  readonly #resume = button("Resume");
+  readonly #cancel = button("Cancel");
+  /** (time, bytes) of recent progress, for the speed. */
+  #samples: { at: number; bytes: number }[] = [];
+
+  constructor(public job: WireJob) {
+    const progressId = `job-${job.id}-progress`;
+    this.item.className = "job";
+    this.#name.htmlFor = progressId;
+    this.#name.className = "name";
+    this.#progress.id = progressId;
+    this.#status.className = "status";
+    this.#source.className = "source";
+    this.#stats.className = "stats";
+    const head = document.createElement("div");
+    head.className = "job-head";
+    head.append(this.#name, this.#status);
+    const actions = document.createElement("div");
+    actions.className = "actions";
+    actions.append(this.#pause, this.#resume, this.#cancel);
+    this.item.append(head, this.#source, this.#progress, this.#stats, actions);
+    this.#pause.addEventListener("click", () => act(this, "pause"));
+    this.#resume.addEventListener("click", () => act(this, "resume"));
+    this.#cancel.addEventListener("click", () => act(this, "cancel"));
+    this.render();
+  }
+
+  get name(): string {
+    return displayName(this.job);
+  }
+
+  update(patch: Partial<WireJob>): void {
+    const before = this.job.status;
+    this.job = { ...this.job, ...patch };
+    if (patch.bytes !== undefined) this.#sample(this.job.bytes);
+    if (this.job.status !== "running") this.#samples = [];
+    this.render();
+    if (this.job.status !== before) announce(`${this.name}: ${statusText(this.job)}`);
+  }
+
+  render(): void {
+    const { job } = this;
+    const focused = this.item.contains(document.activeElement) ? document.activeElement : null;
+    this.item.dataset.status = job.status;
+    this.#name.textContent = this.name;
+    this.#status.textContent = statusText(job);
+    this.#source.textContent = job.source;
+    this.#source.title = job.source;
+    const total = job.total_bytes;
+    if (total > 0) {
+      this.#progress.max = total;
+      this.#progress.value = Math.min(job.bytes, total);
+    } else if (job.status === "completed") {
+      this.#progress.max = 1;
+      this.#progress.value = 1;
+    } else {
+      // No value attribute: the indeterminate bar, until the server says how large the file is.
+      this.#progress.removeAttribute("value");
+    }
+    this.#stats.textContent = this.#statsText();
+    const active = job.status === "waiting" || job.status === "running";
+    this.#pause.hidden = !active;
+    this.#resume.hidden = job.status !== "paused";
+    this.#cancel.hidden = !(active || job.status === "paused");
+    for (const [control, verb] of [
+      [this.#pause, "Pause"],
+      [this.#resume, "Resume"],
+      [this.#cancel, "Cancel"],
+    ] as const) {
+      control.setAttribute("aria-label", `${verb} ${this.name}`);
+    }
+    // A button that just disappeared (Pause becoming Resume) hands the focus on instead of dropping it.
+    if (focused instanceof HTMLElement && focused.hidden) {
+      const next = [this.#resume, this.#pause, this.#cancel].find((control) => !control.hidden);
+      (next ?? jobsHeading()).focus();
+    }
+  }
+
+  #sample(bytes: number): void {
+    const now = performance.now();
+    this.#samples.push({ at: now, bytes });
+    while (this.#samples.length > 2 && now - (this.#samples[0]?.at ?? now) > SPEED_WINDOW_MS) this.#samples.shift();
+  }
+
+  /** Bytes per second over the recent samples, once there is enough history to mean something. */
+  #speed(): number | undefined {
+    const first = this.#samples[0];
+    const last = this.#samples.at(-1);
+    if (!first || !last || last.at - first.at < 500) return undefined;
+    return ((last.bytes - first.bytes) * 1000) / (last.at - first.at);
+  }
+
+  #statsText(): string {
+    const { job } = this;
+    const total = job.total_bytes;
+    const parts: string[] = [];
+    if (total > 0) parts.push(`${Math.floor((Math.min(job.bytes, total) / total) * 100)}%`);
+    parts.push(total > 0 ? `${formatBytes(job.bytes)} of ${formatBytes(total)}` : formatBytes(job.bytes));
+    if (job.status === "running") {
+      const speed = this.#speed();
+      if (speed !== undefined) {
+        parts.push(`${formatBytes(speed)}/s`);
+        if (total > 0 && speed > 0) parts.push(`${formatDuration((total - job.bytes) / speed)} left`);
+      }
+    }
+    if (job.status === "error" && job.error_type) parts.push(job.error_type);
+    return parts.join(" · ");
+  }
+}
+
+const jobs = new Map<number, JobView>();
+let token = sessionStorage.getItem(TOKEN_KEY) ?? undefined;
+let events: EventSource | undefined;
+/** Events that arrive while the job list loads; those newer than the list are applied after it. */
+let pending: QueuedEvent[] | undefined;
+
+function element<T extends HTMLElement>(id: string): T {
+  const found = document.getElementById(id);
+  if (!found) throw new Error(`the page lacks #${id}`);
+  return found as T;
+}
+
+function jobsHeading(): HTMLElement {
+  return element("jobs-heading");
+}
+
+function button(text: string): HTMLButtonElement {
+  const control = document.createElement("button");
+  control.type = "button";
+  control.textContent = text;
+  return control;
+}
+
+function displayName(job: WireJob): string {
+  const path = job.download_path ?? "";
+  const fromPath = path.split("/").filter(Boolean).at(-1);
+  if (fromPath && job.download_path !== job.dest) return fromPath;
+  try {
+    const fromUrl = new URL(job.source).pathname.split("/").filter(Boolean).at(-1);
+    if (fromUrl) return decodeURIComponent(fromUrl);
+  } catch {
+    // Not a URL the browser parses: show it whole.
+  }
+  return job.source;
+}
+
+function statusText(job: WireJob): string {
+  return job.status === "error" ? "failed" : job.status;
+}
+
+function formatBytes(n: number): string {
+  const units = ["B", "KiB", "MiB", "GiB", "TiB"];
+  let value = n;
+  let unit = 0;
+  while (value >= 1024 && unit < units.length - 1) {
+    value /= 1024;
+    unit++;
+  }
+  return `${unit === 0 ? value : value.toFixed(1)} ${units[unit]}`;
+}
+
+function formatDuration(seconds: number): string {
+  const s = Math.max(0, Math.round(seconds));
+  if (s < 60) return `${s} s`;
+  const h = Math.floor(s / 3600);
+  const m = Math.floor((s % 3600) / 60);
+  const rest = String(s % 60).padStart(2, "0");
+  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${rest}` : `${m}:${rest}`;
+}
+
+function announce(text: string): void {
+  element("announcer").textContent = text;
+}
+
+function setConnection(state: "live" | "connecting" | "offline" | "signin", text: string): void {
+  const line = element("connection");
+  line.dataset.state = state;
+  line.textContent = text;
+}
+
+class AuthRequired extends Error {}
+
+async function api(method: string, path: string, body?: unknown): Promise<Response> {
+  const headers: Record<string, string> = {};
+  if (token) headers.authorization = `Bearer ${token}`;
+  if (body !== undefined) headers["content-type"] = "application/json";
+  const response = await fetch(`${API}${path}`, {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  if (response.status === 401) {
+    askForToken();
+    throw new AuthRequired("the server needs the access token");
+  }
+  if (!response.ok) {
+    const detail = await response
+      .json()
+      .then((json: { detail?: string }) => json.detail)
+      .catch(() => undefined);
+    throw new Error(detail ?? `${method} ${path} failed with HTTP ${response.status}`);
+  }
+  return response;
+}
+
+function show(job: WireJob): JobView {
+  let view = jobs.get(job.id);
+  if (view) {
+    view.update(job);
+    return view;
+  }
+  view = new JobView(job);
+  jobs.set(job.id, view);
+  // Newest first: the one just added is where the eye is.
+  const list = element<HTMLUListElement>("jobs");
+  const after = [...jobs.values()].filter((other) => other.job.id > job.id).sort((a, b) => a.job.id - b.job.id)[0];
+  list.insertBefore(view.item, after ? after.item.nextSibling : list.firstChild);
+  element("empty").hidden = true;
+  return view;
+}
+
+async function loadJobs(): Promise<void> {
+  pending = [];
+  try {
+    const response = await api("GET", "/");
+    const snapshotEvent = Number(response.headers.get("x-last-event-id") ?? 0);
+    const list = (await response.json()) as WireJob[];
+    const present = new Set(list.map((job) => job.id));
+    for (const [id, view] of jobs) {
+      if (!present.has(id)) {
+        view.item.remove();
+        jobs.delete(id);
+      }
+    }
+    for (const job of list) show(job);
+    element("empty").hidden = jobs.size > 0;
+    const queued = pending;
+    pending = undefined;
+    for (const event of queued) if (event.number > snapshotEvent) apply(event);
+  } finally {
+    pending = undefined;
+  }
+}
+
+function apply({ name, data }: QueuedEvent): void {
+  const view = jobs.get(data.id);
+  if (!view) {
+    // A job someone else submitted: fetch it whole (dest, priority) rather than guess from the event.
+    api("GET", `/i/${data.id}`)
+      .then((response) => response.json())
+      .then((job: WireJob) => show(job))
+      .catch(() => {});
+    return;
+  }
+  const patch: Partial<WireJob> = {};
+  if (data.download_path) patch.download_path = data.download_path;
+  if (data.total_bytes !== undefined && data.total_bytes > 0) patch.total_bytes = data.total_bytes;
+  switch (name) {
+    case "download_started":
+      patch.status = "running";
+      break;
+    case "download_progress":
+      patch.bytes = data.current_bytes ?? view.job.bytes;
+      break;
+    case "download_complete":
+      patch.status = "completed";
+      patch.bytes = data.total_bytes ?? view.job.bytes;
+      break;
+    case "download_error":
+      patch.status = "error";
+      patch.error_type = data.error_type;
+      break;
+    case "download_cancelled":
+      patch.status = "cancelled";
+      break;
+    case "download_paused":
+      patch.status = "paused";
+      patch.bytes = data.current_bytes ?? view.job.bytes;
+      break;
+  }
+  view.update(patch);
+}
+
+function connect(): void {
+  events?.close();
+  const url = token ? `${API}/events?token=${encodeURIComponent(token)}` : `${API}/events`;
+  const source = new EventSource(url);
+  events = source;
+  let loaded = false;
+  source.addEventListener("open", () => {
+    setConnection("live", "Live");
+    if (loaded) return;
+    loaded = true;
+    loadJobs().catch(reportLoadError);
+  });
+  source.addEventListener("error", () => {
+    if (source.readyState === EventSource.CLOSED) {
+      // Refused outright (a 401, say): ask the API why, which also brings up the token form when that is it.
+      setConnection("offline", "Disconnected");
+      loadJobs().catch(reportLoadError);
+    } else {
+      setConnection("connecting", "Reconnecting…");
+    }
+  });
+  for (const name of EVENT_NAMES) {
+    source.addEventListener(name, (message) => {
+      const event = { number: Number(message.lastEventId), name, data: JSON.parse(message.data) as EventData };
+      if (pending) pending.push(event);
+      else apply(event);
+    });
+  }
+  // The server could not replay what was missed (it restarted, or too much happened): start from the list again.
+  source.addEventListener("resync", () => loadJobs().catch(reportLoadError));
+}
+
+function reportLoadError(err: unknown): void {
+  if (err instanceof AuthRequired) return;
+  setConnection("offline", `Cannot load the downloads: ${err instanceof Error ? err.message : String(err)}`);
+}
+
+function askForToken(): void {
+  events?.close();
+  setConnection("signin", "Sign in required");
+  const form = element<HTMLFormElement>("token-form");
+  if (!form.hidden) return;
+  form.hidden = false;
+  element<HTMLInputElement>("token").focus();
+}
+
+async function act(view: JobView, action: "pause" | "resume" | "cancel"): Promise<void> {
+  try {
+    if (action === "cancel") await api("DELETE", `/i/${view.job.id}`);
+    else await api("POST", `/i/${view.job.id}/${action}`);
+    // Resuming emits nothing until the transfer starts again: show the job as queued meanwhile.
+    if (action === "resume") view.update({ status: "waiting" });
+  } catch (err) {
+    if (!(err instanceof AuthRequired)) announce(`Could not ${action} ${view.name}: ${(err as Error).message}`);
+  }
+}
+
+function init(): void {
+  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fragment) {
+    // A link with #token=… signs in; the fragment never reaches the server, and is removed from the address bar.
+    token = fragment;
+    sessionStorage.setItem(TOKEN_KEY, fragment);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+
+  element<HTMLFormElement>("token-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const form = event.currentTarget as HTMLFormElement;
+    token = element<HTMLInputElement>("token").value.trim();
+    sessionStorage.setItem(TOKEN_KEY, token);
+    form.hidden = true;
+    connect();
+  });
+
+  const addForm = element<HTMLFormElement>("add-form");
+  addForm.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const error = element("add-error");
+    const submit = element<HTMLButtonElement>("add");
+    error.textContent = "";
+    submit.disabled = true;
+    try {
+      const response = await api("POST", "/i/", {
+        source: element<HTMLInputElement>("source").value.trim(),
+        dest: element<HTMLInputElement>("dest").value.trim(),
+        priority: Number(element<HTMLInputElement>("priority").value),
+      });
+      const view = show((await response.json()) as WireJob);
+      announce(`Added ${view.name}`);
+      element<HTMLInputElement>("source").value = "";
+      element<HTMLInputElement>("source").focus();
+    } catch (err) {
+      if (!(err instanceof AuthRequired)) error.textContent = (err as Error).message;
+    } finally {
+      submit.disabled = false;
+    }
+  });
+
+  element<HTMLButtonElement>("prune").addEventListener("click", async () => {
+    try {
+      await api("PATCH", "/");
+      // Pruning sends no events: reload the list to drop what the server forgot.
+      await loadJobs();
+      announce("Finished downloads removed");
+    } catch (err) {
+      if (!(err instanceof AuthRequired)) announce(`Could not remove finished downloads: ${(err as Error).message}`);
+    }
+  });
+
+  connect();
+}
+
+init();
