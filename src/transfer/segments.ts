@@ -49,7 +49,10 @@ export interface SegmentedOptions {
   headersTimeoutMs: number;
   readTimeoutMs: number;
   signal: AbortSignal;
-  /** Bytes of the file on disk so far (finished ranges from earlier runs included), after every write. */
+  /**
+   * Bytes of the file on disk so far, finished ranges from earlier runs included: once at the start when some are,
+   * then after every write.
+   */
   onBytes(totalDone: number): void;
   /** Retries per segment of transient failures (drop, stall, 408/429/5xx); progress resets the count. */
   retries: number;
@@ -63,6 +66,8 @@ export interface SegmentedOptions {
    * caller checked. Ignored whenever a sidecar exists: then the partial is preallocated and its size means nothing.
    */
   prefixBytes?: number;
+  /** A segment is about to be retried (for the caller's log). */
+  onRetry?(info: { error: Error; range: [number, number]; failures: number; delayMs: number }): void;
   /** fdatasync the partial before resolving (worth it for large files, like the single stream's `flush`). */
   durable?: boolean;
 }
@@ -295,11 +300,11 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
         seg.written = seg.pos;
         doneTotal += n;
         opts.onBytes(doneTotal);
-        if (seg.pos >= seg.end) break;
+        // A stolen tail is not read: the connection closes. Otherwise the body's end keeps the connection reusable.
+        if (seg.pos >= seg.end && seg.end < to) break;
       }
     } finally {
-      // Leaving early (a stolen half, an error) closes the connection rather than reading bytes nobody wants.
-      if (!body.readableEnded && !body.destroyed) body.destroy();
+      await release(body);
     }
     if (seg.pos < seg.end) {
       throw new TransferInterruptedError(
@@ -321,7 +326,9 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
         if (!(error instanceof DlqError && error.retryable) || failures >= opts.retries) throw error;
         failures++;
         const retryAfter = error instanceof HttpError ? error.retryAfterMs : undefined;
-        await sleep(backoff(failures, opts, retryAfter), undefined, { signal: requestSignal }).catch(() => {
+        const delayMs = backoff(failures, opts, retryAfter);
+        opts.onRetry?.({ error, range: [seg.pos, seg.end], failures, delayMs });
+        await sleep(delayMs, undefined, { signal: requestSignal }).catch(() => {
           throw requestSignal.reason;
         });
       }
@@ -342,6 +349,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
     }
   };
 
+  if (priorBytes > 0) opts.onBytes(priorBytes);
   const workers = Array.from({ length: Math.min(connections, Math.max(pending.length, 1)) }, () =>
     worker().catch(fail),
   );
@@ -464,6 +472,15 @@ function classify(err: unknown, partialPath: string): Error {
     );
   }
   return fsError(err, partialPath);
+}
+
+/**
+ * Lets go of a response body that was not read to its end: a small one (an error page) is read so the connection
+ * can be reused; anything bigger (a stolen tail, a 200 with the whole file) closes the connection.
+ */
+async function release(body: Dispatcher.ResponseData["body"]): Promise<void> {
+  if (body.readableEnded || body.destroyed) return;
+  await body.dump({ limit: 64 * 1024 }).catch(() => {});
 }
 
 /** One positional write of chunk[0, n) at `position`, however many pwrite calls it takes. */
