@@ -8,6 +8,7 @@ import { FileLockedError, fsError, InsufficientDiskSpaceError } from "../errors.
 export const PARTIAL_SUFFIX = ".downloading";
 /** Beside the partial: what it was started from, so a resume can prove the server still has the same file. */
 const META_SUFFIX = ".downloading.json";
+const SPACE_CHECK_MIN_BYTES = 1024 * 1024;
 /** Fewer, larger writes: the disk keeps up with a fast link with less per-write overhead. */
 const WRITE_HIGH_WATER_MARK = 1024 * 1024;
 
@@ -16,6 +17,18 @@ export interface Validators {
   etag?: string;
   lastModified?: string;
   totalBytes?: number;
+}
+
+/**
+ * Folders this process has already created: a thousand small files into one folder need one mkdir, not three each.
+ * A folder removed behind our back only costs a failed open, reported as an unwritable destination.
+ */
+const madeFolders = new Set<string>();
+
+async function makeFolder(dir: string): Promise<void> {
+  if (madeFolders.has(dir)) return;
+  await mkdir(dir, { recursive: true });
+  madeFolders.add(dir);
 }
 
 export function partialPathOf(finalPath: string): string {
@@ -47,7 +60,7 @@ export async function readValidators(finalPath: string): Promise<Validators | un
 export async function writeValidators(finalPath: string, validators: Validators): Promise<void> {
   const metaPath = finalPath + META_SUFFIX;
   try {
-    await mkdir(dirname(metaPath), { recursive: true });
+    await makeFolder(dirname(metaPath));
     await writeFile(`${metaPath}.tmp`, JSON.stringify(validators));
     await rename(`${metaPath}.tmp`, metaPath);
   } catch (err) {
@@ -62,7 +75,7 @@ export async function writeValidators(finalPath: string, validators: Validators)
 export async function openPartial(finalPath: string, offset: number, durable: boolean): Promise<WriteStream> {
   const path = partialPathOf(finalPath);
   try {
-    await mkdir(dirname(path), { recursive: true });
+    await makeFolder(dirname(path));
     if (offset > 0) await truncate(path, offset);
     const stream = createWriteStream(path, {
       flags: offset > 0 ? "r+" : "w",
@@ -77,14 +90,14 @@ export async function openPartial(finalPath: string, offset: number, durable: bo
   }
 }
 
-/** Moves a finished partial into place atomically and drops its sidecar. */
-export async function commitPartial(finalPath: string): Promise<void> {
+/** Moves a finished partial into place atomically and drops its sidecar, if it had one. */
+export async function commitPartial(finalPath: string, hasSidecar: boolean): Promise<void> {
   try {
     await rename(partialPathOf(finalPath), finalPath);
   } catch (err) {
     throw fsError(err, finalPath);
   }
-  await rm(finalPath + META_SUFFIX, { force: true });
+  if (hasSidecar) await rm(finalPath + META_SUFFIX, { force: true });
 }
 
 export async function discardPartial(finalPath: string): Promise<void> {
@@ -100,7 +113,7 @@ export async function discardPartial(finalPath: string): Promise<void> {
 export async function lockPartial(finalPath: string): Promise<() => Promise<void>> {
   const lockPath = `${finalPath}${PARTIAL_SUFFIX}.lock`;
   try {
-    await mkdir(dirname(lockPath), { recursive: true });
+    await makeFolder(dirname(lockPath));
   } catch (err) {
     throw fsError(err, lockPath);
   }
@@ -132,7 +145,8 @@ function isAlive(pid: number): boolean {
 
 /** Refuses to start a download the destination's filesystem cannot hold, before a byte is written. */
 export async function ensureFreeSpace(finalPath: string, needed: number): Promise<void> {
-  if (needed <= 0) return;
+  // Below this a full disk is cheap to meet mid-write (a clear DiskFull error); a statfs per small file is not.
+  if (needed < SPACE_CHECK_MIN_BYTES) return;
   let dir = dirname(finalPath);
   for (;;) {
     try {

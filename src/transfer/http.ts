@@ -36,6 +36,8 @@ import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Headers that authenticate; never sent to another host, never stored. */
 export const CREDENTIAL_HEADERS = new Set(["authorization", "cookie", "proxy-authorization"]);
+/** Below this a file is fetched again whole rather than resumed, so it needs no validator sidecar. */
+const RESUMABLE_MIN_BYTES = 64 * 1024;
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
 /** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
@@ -215,6 +217,7 @@ class Attempt {
             plan.totalBytes,
             plan.totalBytes,
             await this.#hashPrefix(finalPath, offset),
+            true,
           );
         }
         const start = plan.action === "append" ? offset : 0;
@@ -277,8 +280,12 @@ class Attempt {
         : new SizeMismatchError(url.href, expectedSize, totalBytes);
     }
     if (totalBytes !== undefined) await ensureFreeSpace(finalPath, totalBytes - start);
-    const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
-    await writeValidators(finalPath, validators);
+    // A small file is refetched whole rather than resumed; skipping its sidecar saves three file operations.
+    const resumable = totalBytes === undefined || totalBytes >= RESUMABLE_MIN_BYTES;
+    if (resumable) {
+      const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
+      await writeValidators(finalPath, validators);
+    }
     const hash = await this.#hashPrefix(finalPath, start);
     this.bytes = start;
     this.observer.onResponse({
@@ -308,10 +315,16 @@ class Attempt {
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
     }
-    return this.#finish(finalPath, this.bytes, totalBytes ?? this.bytes, hash);
+    return this.#finish(finalPath, this.bytes, totalBytes ?? this.bytes, hash, resumable || start > 0);
   }
 
-  async #finish(finalPath: string, bytes: number, totalBytes: number, hash: Hash | undefined): Promise<TransferResult> {
+  async #finish(
+    finalPath: string,
+    bytes: number,
+    totalBytes: number,
+    hash: Hash | undefined,
+    hasSidecar: boolean,
+  ): Promise<TransferResult> {
     this.bytes = bytes;
     const { expectedSize } = this.req;
     const sha256 = this.#sha256;
@@ -322,7 +335,7 @@ class Attempt {
       const actual = hash.digest("hex");
       if (actual !== sha256.toLowerCase()) throw new ChecksumMismatchError(finalPath, sha256, actual);
     }
-    await commitPartial(finalPath);
+    await commitPartial(finalPath, hasSidecar);
     return { downloadPath: finalPath, bytes, totalBytes };
   }
 
