@@ -53,6 +53,11 @@ export interface DownloadQueueOptions {
   connectTimeoutMs?: number;
   /** Your own undici dispatcher (proxy, custom agent); InvokeAI's `requests_session`. */
   dispatcher?: Dispatcher;
+  /**
+   * Parallel range requests per file of 8 MiB or more, when the server supports ranges (aria2's `-x`; default 1).
+   * Counted per job: maxParallelDownloads still limits jobs, not connections.
+   */
+  connectionsPerFile?: number;
   /** How often, at most, `onProgress` and `download_progress` fire per job (default 100 ms). */
   progressIntervalMs?: number;
   logger?: Logger;
@@ -203,6 +208,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       retryDelayMs: options.retryDelayMs ?? 1000,
       maxRetryDelayMs: options.maxRetryDelayMs ?? 60_000,
       maxRedirects: 10,
+      connectionsPerFile: positiveInteger(options.connectionsPerFile ?? 1, "connectionsPerFile"),
       userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
       logger: this.#logger,
       checkRedirect: options.checkRedirect,

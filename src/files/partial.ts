@@ -97,12 +97,16 @@ export async function commitPartial(finalPath: string, hasSidecar: boolean): Pro
   } catch (err) {
     throw fsError(err, finalPath);
   }
-  if (hasSidecar) await rm(finalPath + META_SUFFIX, { force: true });
+  if (hasSidecar) {
+    await rm(finalPath + META_SUFFIX, { force: true });
+    await rm(`${partialPathOf(finalPath)}.segments.json`, { force: true });
+  }
 }
 
 export async function discardPartial(finalPath: string): Promise<void> {
   await rm(partialPathOf(finalPath), { force: true });
   await rm(finalPath + META_SUFFIX, { force: true });
+  await rm(`${partialPathOf(finalPath)}.segments.json`, { force: true });
 }
 
 /**

@@ -31,13 +31,16 @@ import {
   writeValidators,
 } from "../files/partial.js";
 import type { Logger } from "../logger.js";
-import { header, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+import { header, ifRangeFor, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+import { abandonSegments, downloadSegmented, RangeNotSupportedError, readSegmentState } from "./segments.js";
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Headers that authenticate; never sent to another host, never stored. */
 export const CREDENTIAL_HEADERS = new Set(["authorization", "cookie", "proxy-authorization"]);
 /** Below this a file is fetched again whole rather than resumed, so it needs no validator sidecar. */
 const RESUMABLE_MIN_BYTES = 64 * 1024;
+/** Files smaller than this gain nothing from several connections. */
+const SEGMENTED_MIN_BYTES = 8 * 1024 * 1024;
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
 /** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
@@ -63,6 +66,8 @@ export interface TransferSettings {
   maxRetryDelayMs: number;
   maxRedirects: number;
   userAgent: string;
+  /** Parallel range requests per large file (aria2's -x); 1 streams each file over one connection. */
+  connectionsPerFile: number;
   logger: Logger;
   /** Called before each redirect is followed; throwing refuses it (the service's SSRF guard). */
   checkRedirect?: (url: URL) => void | Promise<void>;
@@ -162,6 +167,8 @@ class Attempt {
   /** The caller's checksum, or one the server published (Hugging Face's X-Linked-Etag for LFS files). */
   #sha256: string | undefined;
   #unlock: (() => Promise<void>) | undefined;
+  /** Cleared when the server turns out not to serve ranges properly. */
+  #segmented: boolean;
 
   constructor(
     readonly req: TransferRequest,
@@ -172,6 +179,7 @@ class Attempt {
     this.downloadPath = req.downloadPath ?? (req.destIsDirectory ? undefined : req.dest);
     this.#sourceOrigin = new URL(req.source).origin;
     this.#sha256 = req.sha256;
+    this.#segmented = settings.connectionsPerFile > 1;
   }
 
   async release(): Promise<void> {
@@ -190,7 +198,11 @@ class Attempt {
     for (let pass = 0; pass < 3; pass++) {
       const path = this.downloadPath;
       if (path) await this.#claim(path);
-      const offset = path ? await partialSize(path) : 0;
+      // A segmented partial is preallocated: its size says nothing about what it holds. One stream can only
+      // continue its contiguous prefix; segments pick up their own sidecar and need no Range here.
+      const segmentedPartial = path !== undefined && (await readSegmentState(partialPathOf(path))) !== undefined;
+      if (segmentedPartial && !this.#segmented) await abandonSegments(partialPathOf(path));
+      const offset = path && !(segmentedPartial && this.#segmented) ? await partialSize(path) : 0;
       const previous = path && offset > 0 ? await readValidators(path) : undefined;
       const resumable = offset > 0 && previous?.source === this.req.source;
       const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : {});
@@ -221,6 +233,13 @@ class Attempt {
           );
         }
         const start = plan.action === "append" ? offset : 0;
+        if (this.#segmented && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
+          const acceptsRanges = response.statusCode === 206 || header(response.headers, "accept-ranges") === "bytes";
+          if (acceptsRanges) {
+            await discardBody(response);
+            return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes);
+          }
+        }
         return await this.#receive(response, url, finalPath, start, plan.totalBytes);
       } finally {
         // Whatever failed before the body was read (a size check, the disk) must still release the connection.
@@ -233,18 +252,7 @@ class Attempt {
   async #get(extra: Record<string, string>): Promise<{ response: Dispatcher.ResponseData; url: URL }> {
     let url = new URL(this.req.source);
     for (let hops = 0; ; hops++) {
-      const headers: Record<string, string> = {
-        "user-agent": this.settings.userAgent,
-        "accept-encoding": "identity",
-        ...this.req.headers,
-        ...extra,
-      };
-      if (url.origin !== this.#sourceOrigin) {
-        // Credentials given for the source, as token or as raw headers, are never handed to another host.
-        for (const name of Object.keys(headers)) if (CREDENTIAL_HEADERS.has(name.toLowerCase())) delete headers[name];
-      } else if (this.req.accessToken) {
-        headers.authorization = `Bearer ${this.req.accessToken}`;
-      }
+      const headers = { ...this.#headersFor(url), ...extra };
       const response = await request(url, {
         dispatcher: this.settings.dispatcher,
         method: "GET",
@@ -264,6 +272,21 @@ class Attempt {
       await this.settings.checkRedirect?.(next);
       url = next;
     }
+  }
+
+  /** What every request to `url` carries; credentials only go to the origin of the source. */
+  #headersFor(url: URL): Record<string, string> {
+    const headers: Record<string, string> = {
+      "user-agent": this.settings.userAgent,
+      "accept-encoding": "identity",
+      ...this.req.headers,
+    };
+    if (url.origin !== this.#sourceOrigin) {
+      for (const name of Object.keys(headers)) if (CREDENTIAL_HEADERS.has(name.toLowerCase())) delete headers[name];
+    } else if (this.req.accessToken) {
+      headers.authorization = `Bearer ${this.req.accessToken}`;
+    }
+    return headers;
   }
 
   async #receive(
@@ -316,6 +339,61 @@ class Attempt {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
     }
     return this.#finish(finalPath, this.bytes, totalBytes ?? this.bytes, hash, resumable || start > 0);
+  }
+
+  /**
+   * Fetches the file over several range requests at once into a preallocated partial. A server that turns out not
+   * to serve ranges properly gets the whole job again over one stream.
+   */
+  async #receiveSegmented(
+    response: Dispatcher.ResponseData,
+    url: URL,
+    finalPath: string,
+    start: number,
+    totalBytes: number,
+  ): Promise<TransferResult> {
+    await ensureFreeSpace(finalPath, totalBytes - start);
+    const validators = validatorsFrom(this.req.source, response.headers, totalBytes);
+    await writeValidators(finalPath, validators);
+    this.bytes = start;
+    this.observer.onResponse({
+      downloadPath: finalPath,
+      totalBytes,
+      contentType: header(response.headers, "content-type"),
+      bytes: start,
+    });
+    const ifRange = ifRangeFor(validators);
+    try {
+      await downloadSegmented({
+        url,
+        partialPath: partialPathOf(finalPath),
+        totalBytes,
+        connections: this.settings.connectionsPerFile,
+        headers: { ...this.#headersFor(url), ...(ifRange ? { "if-range": ifRange } : {}) },
+        dispatcher: this.settings.dispatcher,
+        headersTimeoutMs: this.settings.headersTimeoutMs,
+        readTimeoutMs: this.settings.readTimeoutMs,
+        signal: this.signal,
+        retries: this.settings.retries,
+        retryDelayMs: this.settings.retryDelayMs,
+        maxRetryDelayMs: this.settings.maxRetryDelayMs,
+        prefixBytes: start,
+        durable: totalBytes >= FSYNC_MIN_BYTES,
+        onBytes: (done) => {
+          this.bytes = done;
+          this.observer.onBytes(done);
+        },
+        onRetry: ({ error, range }) =>
+          this.settings.logger.warn(`retrying bytes ${range[0]}-${range[1]} of ${url.href}: ${error.message}`),
+      });
+    } catch (err) {
+      if (!(err instanceof RangeNotSupportedError) || this.signal.aborted) throw err;
+      this.settings.logger.warn(err.message);
+      this.#segmented = false;
+      return this.run();
+    }
+    // Segments arrive out of order, so the checksum needs one read of the finished file.
+    return this.#finish(finalPath, totalBytes, totalBytes, await this.#hashPrefix(finalPath, totalBytes), true);
   }
 
   async #finish(

@@ -6,10 +6,15 @@ function strongEtag(etag: string | undefined): string | undefined {
   return etag && !etag.startsWith("W/") ? etag : undefined;
 }
 
+/** The If-Range value that guards ranges of this file: a strong ETag, else Last-Modified. */
+export function ifRangeFor(validators: Validators | undefined): string | undefined {
+  return strongEtag(validators?.etag) ?? validators?.lastModified;
+}
+
 /** Headers that ask for the rest of a partial, and only if the server still has the file it was started from. */
 export function resumeHeaders(offset: number, validators: Validators | undefined): Record<string, string> {
   if (offset === 0) return {};
-  const ifRange = strongEtag(validators?.etag) ?? validators?.lastModified;
+  const ifRange = ifRangeFor(validators);
   return ifRange ? { range: `bytes=${offset}-`, "if-range": ifRange } : { range: `bytes=${offset}-` };
 }
 

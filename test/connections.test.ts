@@ -1,0 +1,111 @@
+import assert from "node:assert/strict";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { DownloadQueue } from "../src/index.js";
+import { fileSha256, listFiles, memoryLogger, tempDir } from "./helpers/fs.js";
+import { type Origin, startOrigin } from "./helpers/origin.js";
+
+let origin: Origin;
+before(async () => {
+  origin = await startOrigin();
+});
+after(() => origin.close());
+
+const MiB = 1024 * 1024;
+
+describe("connectionsPerFile through the queue", () => {
+  test("a throttled file comes in several times faster over 8 connections, byte-exact", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/conn/model.safetensors", {
+      size: 12 * MiB,
+      throttleBytesPerSec: 3 * MiB,
+      latencyMs: 20,
+    });
+    const timed = async (connectionsPerFile: number, name: string) => {
+      const queue = new DownloadQueue({ connectionsPerFile, logger: memoryLogger().logger });
+      const started = performance.now();
+      const job = queue.download({ source: route.url, dest: join(dest, name), sha256: await route.sha256() });
+      await queue.waitForJob(job, { timeoutMs: 30_000 });
+      await queue.stop();
+      assert.equal(job.status, "completed", job.error);
+      assert.equal(job.bytes, 12 * MiB);
+      return (performance.now() - started) / 1000;
+    };
+    const eight = await timed(8, "eight.bin");
+    const one = await timed(1, "one.bin");
+    assert.ok(one / eight >= 4, `1 connection ${one.toFixed(2)} s, 8 connections ${eight.toFixed(2)} s`);
+    assert.equal(await fileSha256(join(dest, "eight.bin")), await route.sha256());
+    assert.deepEqual(await listFiles(dest), ["eight.bin", "one.bin"]);
+  });
+
+  test("segments that drop are retried; progress and the final file are exact", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/conn/flaky.bin", {
+      size: 10 * MiB,
+      throttleBytesPerSec: 20 * MiB,
+      faults: [null, { kind: "drop", afterBytes: 300_000 }, null, { kind: "drop", afterBytes: 10 }, { kind: "hangup" }],
+    });
+    const queue = new DownloadQueue({ connectionsPerFile: 4, retryDelayMs: 20, logger: memoryLogger().logger });
+    const seen: number[] = [];
+    const job = queue.download({ source: route.url, dest, onProgress: (j) => seen.push(j.bytes) });
+    await queue.waitForJob(job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    assert.equal(seen.at(-1), 10 * MiB);
+    assert.ok(route.requests.slice(1).every((r) => /^bytes=\d+-\d+$/.test(String(r.headers.range))));
+    assert.equal(await fileSha256(join(dest, "flaky.bin")), await route.sha256());
+    assert.deepEqual(await listFiles(dest), ["flaky.bin"]);
+  });
+
+  test("a server that ignores Range falls back to one stream", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/conn/norange.bin", { size: 9 * MiB, acceptRanges: false });
+    const queue = new DownloadQueue({ connectionsPerFile: 8, logger: memoryLogger().logger });
+    const job = queue.download({ source: route.url, dest });
+    await queue.waitForJob(job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    assert.equal(route.requests.length, 1);
+    assert.equal(await fileSha256(join(dest, "norange.bin")), await route.sha256());
+  });
+
+  test("a server that claims Accept-Ranges but ignores Range is caught and fetched over one stream", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/conn/liar.bin", {
+      size: 9 * MiB,
+      acceptRanges: false,
+      headers: { "Accept-Ranges": "bytes" },
+    });
+    const { lines, logger } = memoryLogger();
+    const queue = new DownloadQueue({ connectionsPerFile: 4, logger });
+    const job = queue.download({ source: route.url, dest });
+    await queue.waitForJob(job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    assert.ok(
+      lines.some((line) => line.includes("falling back to one connection")),
+      lines.join("\n"),
+    );
+    assert.ok(route.requests.some((r) => r.headers.range !== undefined));
+    assert.equal(route.requests.at(-1)?.headers.range, undefined);
+    assert.equal(await fileSha256(join(dest, "liar.bin")), await route.sha256());
+    assert.deepEqual(await listFiles(dest), ["liar.bin"]);
+  });
+
+  test("maxParallelDownloads counts jobs, not connections", async (t) => {
+    const dest = await tempDir(t);
+    origin.resetStats();
+    const routes = [1, 2, 3].map((i) =>
+      origin.route(`/conn/count-${i}.bin`, { size: 9 * MiB, throttleBytesPerSec: 12 * MiB }),
+    );
+    const queue = new DownloadQueue({ maxParallelDownloads: 1, connectionsPerFile: 3, logger: memoryLogger().logger });
+    const jobs = routes.map((route) => queue.download({ source: route.url, dest }));
+    await queue.join();
+    await queue.stop();
+    assert.ok(jobs.every((job) => job.status === "completed"));
+    assert.ok(origin.maxConcurrent >= 2 && origin.maxConcurrent <= 3, `max concurrent ${origin.maxConcurrent}`);
+    for (const [i, route] of routes.entries()) {
+      assert.equal(await fileSha256(join(dest, `count-${i + 1}.bin`)), await route.sha256());
+    }
+  });
+});
