@@ -55,11 +55,15 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Request logs would carry the ?token= of event streams; errors are reported through `logger` instead.
     logger: false,
     bodyLimit: options.bodyLimit ?? 64 * 1024,
+    // Closing must not wait on connections a client opened and never used (browsers and undici open spares).
+    forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true },
     // Refuse unknown fields instead of silently dropping them; `verbose` lets the error name the accepted ones.
     ajv: { customOptions: { removeAdditional: false, verbose: true } },
   });
 
+  // Bodies are JSON only; a text/plain body (which any web page may send cross-site without asking) gets a 415.
+  app.removeContentTypeParser("text/plain");
   app.setErrorHandler((error: FastifyError, _request, reply) => {
     if (error.validation) return reply.code(400).send({ detail: describeValidation(error) });
     if (error instanceof DlqError) {

@@ -1,0 +1,819 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { EventEmitter } from "node:events";
+import { existsSync } from "node:fs";
+import { mkdir, symlink } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { Agent, request } from "undici";
+import type { DownloadQueue, WireJob, WireMultiFileJob } from "../src/index.js";
+import { EventHub, type HubEvent } from "../src/server/events.js";
+import { prepareRoot, resolveDest } from "../src/server/paths.js";
+import { isLoopbackHost, tokenMatches } from "../src/server/security.js";
+import {
+  assertPublicUrl,
+  BlockedAddressError,
+  blockedReason,
+  guardedDispatcher,
+  redirectGuard,
+  UnresolvableHostError,
+} from "../src/server/ssrf.js";
+import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
+import { type Origin, startOrigin } from "./helpers/origin.js";
+import { API, type Service, SseReader, startService, waitUntil } from "./helpers/service.js";
+
+let origin: Origin;
+before(async () => {
+  origin = await startOrigin();
+});
+after(() => origin.close());
+
+/** Polls the API until the job reaches `status`. */
+async function jobReaches(service: Service, id: number, status: string, timeoutMs = 15_000): Promise<WireJob> {
+  return waitUntil(
+    async () => {
+      const reply = await service.call("GET", `${API}/i/${id}`);
+      const job = reply.json as WireJob;
+      return job.status === status ? job : undefined;
+    },
+    `job ${id} to be ${status}`,
+    timeoutMs,
+  );
+}
+
+describe("address classifier", () => {
+  const blocked: [string, RegExp][] = [
+    ["10.0.0.1", /private/],
+    ["10.255.255.255", /private/],
+    ["172.16.0.1", /private/],
+    ["172.31.255.255", /private/],
+    ["192.168.1.1", /private/],
+    ["127.0.0.1", /loopback/],
+    ["127.255.255.254", /loopback/],
+    ["169.254.169.254", /link-local/],
+    ["100.64.0.1", /carrier-grade NAT/],
+    ["100.127.255.255", /carrier-grade NAT/],
+    ["0.0.0.0", /unspecified/],
+    ["0.1.2.3", /unspecified/],
+    ["224.0.0.1", /multicast/],
+    ["239.255.255.250", /multicast/],
+    ["240.0.0.1", /reserved/],
+    ["255.255.255.255", /reserved/],
+    ["192.0.2.5", /documentation/],
+    ["198.18.0.1", /benchmarking/],
+    ["::1", /loopback/],
+    ["[::1]", /loopback/],
+    ["::", /unspecified/],
+    ["fe80::1", /link-local/],
+    ["fe80::1%eth0", /link-local/],
+    ["febf:ffff::1", /link-local/],
+    ["fec0::1", /site-local/],
+    ["fc00::1", /unique local/],
+    ["fd12:3456:789a::1", /unique local/],
+    ["ff02::1", /multicast/],
+    ["::ffff:127.0.0.1", /loopback.*IPv4-mapped/],
+    ["::ffff:7f00:1", /loopback.*IPv4-mapped/],
+    ["::FFFF:10.1.2.3", /private.*IPv4-mapped/],
+    ["::ffff:169.254.169.254", /link-local/],
+    ["::ffff:0.0.0.0", /unspecified/],
+    ["64:ff9b::a00:1", /private.*NAT64/],
+    ["2002:c0a8:101::1", /private.*6to4/],
+    ["::127.0.0.1", /loopback.*IPv4-compatible/],
+    ["2001:db8::1", /documentation/],
+  ];
+  for (const [address, why] of blocked) {
+    test(`refuses ${address}`, () => {
+      assert.match(blockedReason(address) ?? "(allowed)", why);
+    });
+  }
+
+  const allowed = [
+    "8.8.8.8",
+    "1.1.1.1",
+    "11.0.0.1",
+    "172.15.255.255",
+    "172.32.0.1",
+    "100.63.255.255",
+    "100.128.0.1",
+    "169.253.0.1",
+    "192.169.0.1",
+    "223.255.255.255",
+    "2606:4700:4700::1111",
+    "2001:4860:4860::8888",
+    "::ffff:8.8.8.8",
+    "64:ff9b::808:808",
+    "2002:808:808::1",
+    "fbff::1",
+  ];
+  for (const address of allowed) {
+    test(`allows ${address}`, () => {
+      assert.equal(blockedReason(address), undefined);
+    });
+  }
+
+  test("a host name is not an address", () => {
+    assert.equal(blockedReason("example.com"), "not an IP address");
+  });
+
+  test("a URL is refused when any address of its host is private, and named in the message", async () => {
+    const resolve = async (host: string) => (host === "mixed.test" ? ["93.184.215.14", "10.9.8.7"] : ["8.8.8.8"]);
+    const policy = { allowPrivateNetworks: false, resolve };
+    await assertPublicUrl(new URL("http://public.test/f"), policy);
+    await assert.rejects(assertPublicUrl(new URL("http://mixed.test/f"), policy), (err: Error) => {
+      assert.ok(err instanceof BlockedAddressError);
+      assert.match(err.message, /10\.9\.8\.7 is a private address.*--allow-private-networks/);
+      return true;
+    });
+    await assert.rejects(assertPublicUrl(new URL("http://[::ffff:127.0.0.1]:8080/"), policy), BlockedAddressError);
+  });
+
+  test("an unresolvable host is refused with what to check; allowing private networks skips DNS", async () => {
+    const resolve = async () => {
+      throw Object.assign(new Error("getaddrinfo ENOTFOUND"), { code: "ENOTFOUND" });
+    };
+    await assert.rejects(
+      assertPublicUrl(new URL("http://nowhere.test/"), { allowPrivateNetworks: false, resolve }),
+      (err: Error) => err instanceof UnresolvableHostError && /ENOTFOUND.*check the URL/.test(err.message),
+    );
+    await assertPublicUrl(new URL("http://nowhere.test/"), { allowPrivateNetworks: true, resolve });
+    assert.equal(redirectGuard({ allowPrivateNetworks: true }), undefined);
+  });
+
+  test("the guarded dispatcher refuses to connect to a name that resolves to loopback", async () => {
+    const route = origin.route("/guarded.bin", { size: 10 });
+    const dispatcher = guardedDispatcher();
+    try {
+      const port = new URL(origin.url).port;
+      await assert.rejects(request(`http://localhost:${port}/guarded.bin`, { dispatcher }), (err: Error) => {
+        assert.equal((err as { code?: string }).code, "DLQ_ERR_BLOCKED_ADDRESS");
+        return true;
+      });
+      assert.equal(route.requests.length, 0);
+    } finally {
+      await dispatcher.close();
+    }
+  });
+});
+
+describe("destinations inside the root", () => {
+  test("relative paths land under the root; absolute paths, '..' and escaping links are refused", async (t) => {
+    const root = await prepareRoot(join(await tempDir(t), "root"));
+    const outside = await tempDir(t);
+    await mkdir(join(root, "inside"));
+    await symlink(outside, join(root, "out"));
+    await symlink(join(root, "inside"), join(root, "alias"));
+    await symlink(join(root, "missing"), join(root, "dangling"));
+
+    assert.equal(await resolveDest(root, ""), root);
+    assert.equal(await resolveDest(root, "models/sd"), join(root, "models/sd"));
+    assert.equal(await resolveDest(root, "models/sd/"), `${join(root, "models/sd")}/`);
+    assert.equal(await resolveDest(root, "./a/./b"), join(root, "a/b"));
+    assert.equal(await resolveDest(root, "alias/x"), join(root, "alias/x"));
+    const refusals: [string, RegExp][] = [
+      ["/etc", /absolute path; give a path relative to the download root/],
+      ["..", /contains "\.\."/],
+      ["a/../../x", /contains "\.\."/],
+      ["out", /symbolic link to .* outside the download root/],
+      ["out/x/y", /"out", a symbolic link/],
+      ["dangling/x", /target does not exist/],
+      ["a\0b", /NUL/],
+    ];
+    for (const [dest, why] of refusals) {
+      await assert.rejects(resolveDest(root, dest), why, dest);
+    }
+  });
+});
+
+describe("REST API", () => {
+  test("create, get, list: the file arrives byte-exact and the job is the seed's JSON", async (t) => {
+    const service = await startService(t);
+    const route = origin.route("/api/model.bin", { size: 3 * 1024 * 1024 + 17 });
+    const created = await service.call("POST", `${API}/i/`, {
+      body: { source: route.url, dest: "models/sd/", priority: 3 },
+    });
+    assert.equal(created.status, 200, created.text);
+    const job = created.json as WireJob;
+    assert.equal(job.source, route.url);
+    assert.equal(job.dest, join(service.root, "models/sd"));
+    assert.equal(job.priority, 3);
+    assert.ok(["waiting", "running"].includes(job.status));
+    assert.equal(typeof job.id, "number");
+
+    const done = await jobReaches(service, job.id, "completed");
+    assert.equal(done.download_path, join(service.root, "models/sd/model.bin"));
+    assert.equal(done.bytes, route.size);
+    assert.equal(done.total_bytes, route.size);
+    assert.equal(await fileSha256(join(service.root, "models/sd/model.bin")), await route.sha256());
+
+    const list = await service.call("GET", `${API}/`);
+    assert.equal(list.status, 200);
+    assert.match(String(list.headers["x-last-event-id"]), /^\d+$/);
+    assert.deepEqual(
+      (list.json as WireJob[]).map((j) => [j.id, j.status]),
+      [[job.id, "completed"]],
+    );
+    // InvokeAI's paths work without the trailing slash too.
+    assert.equal((await service.call("GET", API)).status, 200);
+  });
+
+  test('an empty dest is the root itself; priority defaults to 10; "access_token": null is accepted', async (t) => {
+    const service = await startService(t);
+    const route = origin.route("/api/root.bin", { size: 5000 });
+    const created = await service.call("POST", `${API}/i/`, {
+      body: { source: route.url, dest: "", access_token: null },
+    });
+    assert.equal(created.status, 200, created.text);
+    const job = created.json as WireJob;
+    assert.equal(job.priority, 10);
+    assert.equal(job.dest, service.root);
+    await jobReaches(service, job.id, "completed");
+    assert.equal(await fileSha256(join(service.root, "root.bin")), await route.sha256());
+  });
+
+  test("multi-file jobs: every part byte-exact under dest, listed under /multi/", async (t) => {
+    const service = await startService(t);
+    const a = origin.route("/repo/unet/model.safetensors", { size: 200_000 });
+    const b = origin.route("/repo/vae/config.json", { body: '{"a":1}' });
+    const created = await service.call("POST", `${API}/multi/`, {
+      body: {
+        parts: [
+          { url: a.url, path: "sdxl/unet/model.safetensors" },
+          { url: b.url, path: "sdxl/vae/config.json" },
+        ],
+        dest: "models",
+      },
+    });
+    assert.equal(created.status, 200, created.text);
+    const multi = created.json as WireMultiFileJob;
+    assert.equal(multi.download_parts.length, 2);
+    assert.equal(multi.download_path, join(service.root, "models/sdxl"));
+    await waitUntil(
+      async () => ((await service.call("GET", `${API}/i/${multi.id}`)).json as WireMultiFileJob).status === "completed",
+      "the multi-file job to complete",
+    );
+    assert.equal(await fileSha256(join(service.root, "models/sdxl/unet/model.safetensors")), await a.sha256());
+    assert.equal(await fileSha256(join(service.root, "models/sdxl/vae/config.json")), await b.sha256());
+    const list = await service.call("GET", `${API}/multi/`);
+    assert.deepEqual(
+      (list.json as WireMultiFileJob[]).map((m) => [m.id, m.status]),
+      [[multi.id, "completed"]],
+    );
+  });
+
+  test("cancel one job, cancel all, prune: 204s, no files left, pruned jobs are gone", async (t) => {
+    const service = await startService(t);
+    const slow = (name: string) =>
+      origin.route(`/api/${name}`, { size: 4 * 1024 * 1024, throttleBytesPerSec: 256 * 1024 });
+    const ids: number[] = [];
+    for (const name of ["one.bin", "two.bin", "three.bin"]) {
+      const reply = await service.call("POST", `${API}/i/`, { body: { source: slow(name).url, dest: "" } });
+      ids.push((reply.json as WireJob).id);
+    }
+    const [first, ...rest] = ids as [number, number, number];
+    await jobReaches(service, first, "running");
+    const cancelled = await service.call("DELETE", `${API}/i/${first}`);
+    assert.equal(cancelled.status, 204);
+    assert.equal(cancelled.text, "");
+    await jobReaches(service, first, "cancelled");
+
+    const all = await service.call("DELETE", `${API}/i`);
+    assert.equal(all.status, 204);
+    for (const id of rest) await jobReaches(service, id, "cancelled");
+    await waitUntil(async () => (await listFiles(service.root)).length === 0, "partial files to be deleted");
+
+    const pruned = await service.call("PATCH", `${API}/`);
+    assert.equal(pruned.status, 204);
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+    const gone = await service.call("GET", `${API}/i/${first}`);
+    assert.equal(gone.status, 404);
+  });
+
+  test("pause keeps the partial file; resume continues it with a Range request and completes byte-exact", async (t) => {
+    const service = await startService(t);
+    const route = origin.route("/api/pausable.bin", { size: 1024 * 1024, throttleBytesPerSec: 512 * 1024 });
+    const job = (await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } })).json as WireJob;
+    await waitUntil(
+      async () => ((await service.call("GET", `${API}/i/${job.id}`)).json as WireJob).bytes > 64 * 1024,
+      "some bytes",
+    );
+    const paused = await service.call("POST", `${API}/i/${job.id}/pause`);
+    assert.equal(paused.status, 204);
+    const pausedJob = await jobReaches(service, job.id, "paused");
+    assert.ok(pausedJob.bytes > 0 && pausedJob.bytes < route.size, `paused at ${pausedJob.bytes}`);
+
+    const resumed = await service.call("POST", `${API}/i/${job.id}/resume`);
+    assert.equal(resumed.status, 204);
+    await jobReaches(service, job.id, "completed");
+    assert.equal(await fileSha256(join(service.root, "pausable.bin")), await route.sha256());
+    assert.match(String(route.requests.at(-1)?.headers.range), /^bytes=[1-9]\d*-$/);
+  });
+
+  test("unknown ids: 404 with a detail on get, cancel, pause and resume", async (t) => {
+    const service = await startService(t);
+    for (const [method, path] of [
+      ["GET", "/i/4242"],
+      ["DELETE", "/i/4242"],
+      ["POST", "/i/4242/pause"],
+      ["POST", "/i/4242/resume"],
+    ] as const) {
+      const reply = await service.call(method, `${API}${path}`);
+      assert.equal(reply.status, 404, `${method} ${path}`);
+      assert.match((reply.json as { detail: string }).detail, /No job with id 4242/);
+    }
+    const unknownRoute = await service.call("GET", "/api/v2/nothing");
+    assert.equal(unknownRoute.status, 404);
+    assert.match((unknownRoute.json as { detail: string }).detail, /No route GET \/api\/v2\/nothing/);
+  });
+
+  test("400s say what to fix: unknown fields, bad URLs, schemes, destinations, types, bodies", async (t) => {
+    const service = await startService(t);
+    const outside = await tempDir(t);
+    await symlink(outside, join(service.root, "escape"));
+    const source = origin.route("/api/never.bin", { size: 10 }).url;
+    const cases: [string, unknown, RegExp][] = [
+      ["unknown field", { source, dest: "", foo: 1 }, /unknown field "foo"; remove it \(accepted: source, dest/],
+      ["missing dest", { source }, /missing the required field "dest"/],
+      ["bad URL", { source: "not a url", dest: "" }, /Invalid URL "not a url": give an absolute http/],
+      ["ftp", { source: "ftp://example.com/f", dest: "" }, /Unsupported URL scheme "ftp:"/],
+      ["absolute dest", { source, dest: "/etc/cron.d" }, /absolute path/],
+      ["dot-dot dest", { source, dest: "models/../../etc" }, /contains "\.\."/],
+      ["symlink escape", { source, dest: "escape/x" }, /symbolic link to .* outside the download root/],
+      ["priority type", { source, dest: "", priority: "high" }, /priority must be integer/],
+      ["token type", { source, dest: "", access_token: { value: "x" } }, /access_token must be string,null/],
+    ];
+    for (const [name, body, detail] of cases) {
+      const reply = await service.call("POST", `${API}/i/`, { body });
+      assert.equal(reply.status, 400, `${name}: ${reply.text}`);
+      assert.match((reply.json as { detail: string }).detail, detail, name);
+    }
+    const multiCases: [string, unknown, RegExp][] = [
+      ["no parts", { parts: [], dest: "" }, /parts must NOT have fewer than 1 items/],
+      [
+        "part field",
+        { parts: [{ url: source, path: "a", sha: "x" }], dest: "" },
+        /parts\/0 has an unknown field "sha"/,
+      ],
+      ["part escape", { parts: [{ url: source, path: "../a" }], dest: "m" }, /contains "\.\."/],
+      ["part scheme", { parts: [{ url: "file:///etc/passwd", path: "a" }], dest: "" }, /Unsupported URL scheme/],
+    ];
+    for (const [name, body, detail] of multiCases) {
+      const reply = await service.call("POST", `${API}/multi/`, { body });
+      assert.equal(reply.status, 400, `${name}: ${reply.text}`);
+      assert.match((reply.json as { detail: string }).detail, detail, name);
+    }
+    const badId = await service.call("GET", `${API}/i/abc`);
+    assert.equal(badId.status, 400);
+    assert.match((badId.json as { detail: string }).detail, /params\/id must be integer/);
+    const badJson = await service.call("POST", `${API}/i/`, {
+      rawBody: "{not json",
+      headers: { "content-type": "application/json" },
+    });
+    assert.equal(badJson.status, 400);
+    assert.match((badJson.json as { detail: string }).detail, /not valid JSON/);
+    const text = await service.call("POST", `${API}/i/`, { rawBody: "x", headers: { "content-type": "text/plain" } });
+    assert.equal(text.status, 415);
+    assert.match((text.json as { detail: string }).detail, /application\/json/);
+    const huge = await service.call("POST", `${API}/i/`, { body: { source, dest: "x".repeat(70 * 1024) } });
+    assert.equal(huge.status, 413);
+    assert.match((huge.json as { detail: string }).detail, /too large/);
+    assert.equal(origin.requests.filter((r) => r.path === "/api/never.bin").length, 0);
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+  });
+
+  test("an access token is used for the download but never appears in a response or an event", async (t) => {
+    const service = await startService(t);
+    const secret = "hf_Secret_Token_9f8e7d6c5b4a";
+    const guarded = origin.route("/api/gated.bin", { size: 100_000, requireToken: secret });
+    const refused = origin.route("/api/other-gated.bin", { size: 100, requireToken: "a-different-token" });
+    const events = await SseReader.open(`${service.base}${API}/events`, {}, service.received);
+
+    const ok = await service.call("POST", `${API}/i/`, {
+      body: { source: guarded.url, dest: "", access_token: secret },
+    });
+    const failed = await service.call("POST", `${API}/i/`, {
+      body: { source: refused.url, dest: "", access_token: secret },
+    });
+    const unknownField = await service.call("POST", `${API}/i/`, {
+      body: { source: guarded.url, dest: "", access_token: secret, token: secret },
+    });
+    assert.equal(unknownField.status, 400);
+    const okJob = await jobReaches(service, (ok.json as WireJob).id, "completed");
+    const failedJob = await jobReaches(service, (failed.json as WireJob).id, "error");
+    assert.match(String(failedJob.error_type), /HTTPError\(Forbidden\)/);
+    assert.equal(guarded.requests[0]?.headers.authorization, `Bearer ${secret}`);
+    await events.waitFor((e) => e.event === "download_error");
+    await events.waitFor((e) => e.event === "download_complete");
+    for (const path of ["/", `/i/${okJob.id}`, `/i/${failedJob.id}`, "/multi/"])
+      await service.call("GET", `${API}${path}`);
+    await service.call("GET", "/docs/json");
+    await events.close();
+
+    assert.ok(service.received.length > 8);
+    assert.ok(service.received.join("").includes(guarded.url), "the search covers what was sent");
+    for (const text of service.received)
+      assert.ok(!text.includes(secret), `the token leaked in: ${text.slice(0, 300)}`);
+  });
+
+  test("OpenAPI at /docs documents every route; the page is served at / with a strict CSP", async (t) => {
+    const service = await startService(t);
+    const spec = (await service.call("GET", "/docs/json")).json as { paths: Record<string, Record<string, unknown>> };
+    // With or without the trailing slash, both of which are served.
+    const routes = Object.entries(spec.paths).flatMap(([path, methods]) =>
+      Object.keys(methods).map((method) => `${method.toUpperCase()} ${path.replace(/\/$/, "")}`),
+    );
+    for (const route of [
+      `GET ${API}`,
+      `PATCH ${API}`,
+      `POST ${API}/i`,
+      `GET ${API}/i/{id}`,
+      `DELETE ${API}/i/{id}`,
+      `DELETE ${API}/i`,
+      `POST ${API}/i/{id}/pause`,
+      `POST ${API}/i/{id}/resume`,
+      `POST ${API}/multi`,
+      `GET ${API}/multi`,
+      `GET ${API}/events`,
+    ]) {
+      assert.ok(routes.includes(route), `${route} missing from ${routes.join(", ")}`);
+    }
+    const ui = await request(`${service.base}/docs`, { maxRedirections: 0 } as never);
+    await ui.body.dump();
+    assert.ok([200, 302].includes(ui.statusCode));
+
+    const page = await service.call("GET", "/");
+    assert.equal(page.status, 200, "run `npm run build` first: the page is served from dist/web");
+    assert.match(String(page.headers["content-type"]), /text\/html/);
+    assert.match(String(page.headers["content-security-policy"]), /script-src 'self'/);
+    assert.match(page.text, /<script type="module" src="app.js">/);
+    assert.equal((await service.call("GET", "/app.js")).status, 200);
+  });
+});
+
+describe("access control", () => {
+  const token = "test-auth-token-0123456789";
+
+  test("with --auth-token, the API needs the Bearer token; the page and the docs do not", async (t) => {
+    const service = await startService(t, { authToken: token });
+    const missing = await service.call("GET", `${API}/`);
+    assert.equal(missing.status, 401);
+    assert.equal(missing.headers["www-authenticate"], 'Bearer realm="dlqueue"');
+    assert.match((missing.json as { detail: string }).detail, /no credentials were sent.*Authorization: Bearer/);
+    const wrong = await service.call("GET", `${API}/`, { headers: { authorization: "Bearer nope" } });
+    assert.equal(wrong.status, 401);
+    assert.match((wrong.json as { detail: string }).detail, /the token is wrong/);
+    const right = await service.call("GET", `${API}/`, { headers: { authorization: `Bearer ${token}` } });
+    assert.equal(right.status, 200);
+
+    const route = origin.route("/auth/f.bin", { size: 10 });
+    const post = await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } });
+    assert.equal(post.status, 401);
+    assert.equal(service.queue.listJobs().length, 0);
+    for (const [method, path] of [
+      ["PATCH", "/"],
+      ["DELETE", "/i"],
+      ["DELETE", "/i/0"],
+      ["POST", "/i/0/pause"],
+      ["GET", "/multi/"],
+    ] as const) {
+      assert.equal((await service.call(method, `${API}${path}`)).status, 401, `${method} ${path}`);
+    }
+    // ?token= is for EventSource only: elsewhere it does not count.
+    assert.equal((await service.call("GET", `${API}/?token=${token}`)).status, 401);
+
+    const noEvents = await SseReader.open(`${service.base}${API}/events`);
+    assert.equal(noEvents.status, 401);
+    await noEvents.close();
+    const events = await SseReader.open(`${service.base}${API}/events?token=${token}`);
+    assert.equal(events.status, 200);
+    assert.match(String(events.headers["content-type"]), /text\/event-stream/);
+    await events.close();
+
+    assert.equal((await service.call("GET", "/")).status, 200);
+    assert.equal((await service.call("GET", "/docs/json")).status, 200);
+  });
+
+  test("the token comparison is exact, whatever the lengths", () => {
+    assert.equal(tokenMatches(token, token), true);
+    assert.equal(tokenMatches(`${token}x`, token), false);
+    assert.equal(tokenMatches(token.slice(0, -1), token), false);
+    assert.equal(tokenMatches("", token), false);
+    assert.equal(tokenMatches(undefined, token), false);
+  });
+
+  test("without a token: only loopback host names are answered (DNS rebinding), cross-site writes are refused", async (t) => {
+    const service = await startService(t);
+    const rebound = await service.call("GET", `${API}/`, { headers: { host: "attacker.example:80" } });
+    assert.equal(rebound.status, 403);
+    assert.match((rebound.json as { detail: string }).detail, /answers only to localhost.*--auth-token/);
+    assert.equal((await service.call("GET", `${API}/`, { headers: { host: "localhost:1" } })).status, 200);
+
+    const crossSite = await service.call("DELETE", `${API}/i`, { headers: { origin: "https://evil.example" } });
+    assert.equal(crossSite.status, 403);
+    assert.match((crossSite.json as { detail: string }).detail, /--cors https:\/\/evil\.example/);
+    const sameSite = await service.call("DELETE", `${API}/i`, { headers: { origin: service.base } });
+    assert.equal(sameSite.status, 204);
+    assert.equal(isLoopbackHost("127.0.0.2"), true);
+    assert.equal(isLoopbackHost("[::1]"), true);
+    assert.equal(isLoopbackHost("0.0.0.0"), false);
+    assert.equal(isLoopbackHost("192.168.1.2"), false);
+  });
+
+  test("--cors lets one other origin in, with a preflight", async (t) => {
+    const allowed = "http://localhost:5173";
+    const service = await startService(t, { cors: allowed });
+    const preflight = await service.call("OPTIONS", `${API}/i/`, {
+      headers: { origin: allowed, "access-control-request-method": "POST" },
+    });
+    assert.equal(preflight.status, 204);
+    assert.equal(preflight.headers["access-control-allow-origin"], allowed);
+    assert.match(String(preflight.headers["access-control-allow-methods"]), /POST/);
+    const list = await service.call("GET", `${API}/`, { headers: { origin: allowed } });
+    assert.equal(list.headers["access-control-allow-origin"], allowed);
+    const other = await service.call("GET", `${API}/`, { headers: { origin: "http://other.example" } });
+    assert.equal(other.headers["access-control-allow-origin"], undefined);
+    const write = await service.call("PATCH", `${API}/`, { headers: { origin: allowed } });
+    assert.equal(write.status, 204);
+  });
+});
+
+describe("SSRF", () => {
+  test("sources on private, loopback and link-local addresses are refused with 400 before any request", async (t) => {
+    const resolve = async (host: string) => (host === "intranet.test" ? ["10.1.2.3"] : ["93.184.215.14"]);
+    const service = await startService(t, { allowPrivateNetworks: false, resolve });
+    const route = origin.route("/ssrf/secret.bin", { size: 10 });
+    const port = new URL(origin.url).port;
+    const cases: [string, RegExp][] = [
+      [route.url, /127\.0\.0\.1 is a loopback address/],
+      [`http://[::1]:${port}/ssrf/secret.bin`, /::1 is a loopback address/],
+      [`http://[::ffff:127.0.0.1]:${port}/ssrf/secret.bin`, /loopback address \(in IPv4-mapped form\)/],
+      ["http://169.254.169.254/latest/meta-data/", /link-local/],
+      ["http://10.0.0.5/model.bin", /private address/],
+      ["http://0.0.0.0/", /unspecified/],
+      ["http://intranet.test/model.bin", /10\.1\.2\.3 is a private address/],
+    ];
+    for (const [source, why] of cases) {
+      const reply = await service.call("POST", `${API}/i/`, { body: { source, dest: "" } });
+      assert.equal(reply.status, 400, `${source}: ${reply.text}`);
+      const { detail } = reply.json as { detail: string };
+      assert.match(detail, why);
+      assert.match(detail, /--allow-private-networks/);
+    }
+    const multi = await service.call("POST", `${API}/multi/`, {
+      body: { parts: [{ url: route.url, path: "a" }], dest: "" },
+    });
+    assert.equal(multi.status, 400);
+    assert.equal(route.requests.length, 0);
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+  });
+
+  test("a public source that redirects to a private address fails the job without fetching it", async (t) => {
+    // DNS as the guard sees it: files.test is public, internal.test private. The download itself connects through
+    // a dispatcher that sends files.test to the local origin, standing in for a public server.
+    const resolve = async (host: string) => (host === "internal.test" ? ["10.0.0.7"] : ["93.184.215.14"]);
+    const dispatcher = new Agent({
+      connect: {
+        lookup: (_host, options, callback) =>
+          options.all ? callback(null, [{ address: "127.0.0.1", family: 4 }]) : callback(null, "127.0.0.1", 4),
+      },
+    });
+    t.after(() => dispatcher.close());
+    const service = await startService(t, {
+      allowPrivateNetworks: false,
+      resolve,
+      queueOptions: { checkRedirect: redirectGuard({ allowPrivateNetworks: false, resolve }), dispatcher },
+    });
+    const port = new URL(origin.url).port;
+    const secret = origin.route("/redirect/secret.bin", { size: 10 });
+    const fine = origin.route("/redirect/fine.bin", { size: 2048 });
+    origin.route("/redirect/to-loopback", { redirect: { location: secret.url } });
+    origin.route("/redirect/to-internal", {
+      redirect: { location: `http://internal.test:${port}/redirect/secret.bin` },
+    });
+    origin.route("/redirect/to-public", { redirect: { location: `http://files.test:${port}/redirect/fine.bin` } });
+
+    const submit = async (path: string) => {
+      const reply = await service.call("POST", `${API}/i/`, {
+        body: { source: `http://files.test:${port}${path}`, dest: "" },
+      });
+      assert.equal(reply.status, 200, reply.text);
+      return (reply.json as WireJob).id;
+    };
+    const toLoopback = await jobReaches(service, await submit("/redirect/to-loopback"), "error");
+    assert.equal(toLoopback.error_type, "BlockedAddressError");
+    assert.match(String(toLoopback.error), /127\.0\.0\.1 is a loopback address/);
+    const toInternal = await jobReaches(service, await submit("/redirect/to-internal"), "error");
+    assert.match(String(toInternal.error), /10\.0\.0\.7 is a private address/);
+    assert.equal(secret.requests.length, 0);
+    // The same setup downloads through a redirect that stays public: the refusals above are the guard's doing.
+    await jobReaches(service, await submit("/redirect/to-public"), "completed");
+    assert.equal(fine.requests.length, 1);
+  });
+});
+
+describe("event stream", () => {
+  test("ids count up by one; a reconnect with Last-Event-ID gets exactly the missed events", async (t) => {
+    const service = await startService(t);
+    const url = `${service.base}${API}/events`;
+    const witness = await SseReader.open(url);
+    const reader = await SseReader.open(url);
+    assert.equal(reader.status, 200);
+    assert.equal(reader.headers["cache-control"], "no-store");
+
+    const submit = async (name: string, size: number) => {
+      const route = origin.route(`/sse/${name}`, { size });
+      const reply = await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } });
+      return (reply.json as WireJob).id;
+    };
+    const first = await submit("one.bin", 300_000);
+    await reader.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === first);
+    await reader.close();
+    const lastSeen = reader.events.at(-1)?.id;
+    assert.ok(lastSeen);
+
+    const second = await submit("two.bin", 200_000);
+    await witness.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === second);
+    const resumed = await SseReader.open(url, { "last-event-id": lastSeen });
+    const third = await submit("three.bin", 1000);
+    await resumed.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === third);
+    await witness.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === third);
+    await Promise.all([resumed.close(), witness.close()]);
+
+    const key = (e: { id?: string; event: string; data: string }) => `${e.id} ${e.event} ${e.data}`;
+    const missed = resumed.events.filter((e) => JSON.parse(e.data).id === second);
+    assert.ok(
+      missed.some((e) => e.event === "download_started") && missed.some((e) => e.event === "download_complete"),
+    );
+    assert.deepEqual([...reader.events, ...resumed.events].map(key), witness.events.map(key));
+    const ids = witness.events.map((e) => Number(e.id));
+    for (let i = 1; i < ids.length; i++) assert.equal(ids[i], (ids[i - 1] as number) + 1);
+  });
+
+  test("a Last-Event-ID the server cannot replay gets a resync event", async (t) => {
+    const service = await startService(t);
+    for (const stale of ["5", "not-a-number", String(Date.now() * 2000)]) {
+      const reader = await SseReader.open(`${service.base}${API}/events`, { "last-event-id": stale });
+      const event = await reader.waitFor(() => true);
+      await reader.close();
+      assert.equal(event.event, "resync", stale);
+      assert.match(event.data, /reload the job list/);
+    }
+  });
+
+  test("progress is coalesced to at most 4 per second per job, and the final progress and completion arrive", async (t) => {
+    const service = await startService(t, { queueOptions: { progressIntervalMs: 20 } });
+    let emitted = 0;
+    service.queue.on("download_progress", () => emitted++);
+    const reader = await SseReader.open(`${service.base}${API}/events`);
+    const route = origin.route("/sse/coalesced.bin", { size: 768 * 1024, throttleBytesPerSec: 384 * 1024 });
+    const reply = await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } });
+    const id = (reply.json as WireJob).id;
+    const started = performance.now();
+    await reader.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === id);
+    const seconds = (performance.now() - started) / 1000;
+    await reader.close();
+
+    const mine = reader.events.filter((e) => JSON.parse(e.data).id === id);
+    const progress = mine.filter((e) => e.event === "download_progress");
+    assert.ok(progress.length >= 2, `only ${progress.length} progress events`);
+    assert.ok(progress.length <= Math.ceil(seconds * 4) + 1, `${progress.length} progress events in ${seconds} s`);
+    assert.ok(emitted >= progress.length * 2, `the queue emitted ${emitted}, the stream carried ${progress.length}`);
+    assert.equal(JSON.parse(progress.at(-1)?.data ?? "{}").current_bytes, route.size);
+    assert.deepEqual(
+      mine.map((e) => e.event).filter((name) => name !== "download_progress"),
+      ["download_started", "download_complete"],
+    );
+    assert.equal(mine.at(-1)?.event, "download_complete");
+  });
+
+  test("the hub: progress held to one per interval, newest bytes kept, later events wait their turn", async () => {
+    const fake = new EventEmitter();
+    const hub = new EventHub(fake as unknown as DownloadQueue, { progressIntervalMs: 100, firstId: 0, capacity: 5 });
+    const published: (HubEvent & { at: number })[] = [];
+    hub.subscribe((event) => published.push({ ...event, at: performance.now() }));
+    const progress = (id: number, bytes: number) =>
+      fake.emit("download_progress", { id, source: "s", download_path: "p", current_bytes: bytes, total_bytes: 100 });
+
+    fake.emit("download_started", { id: 1, source: "s", download_path: "p" });
+    for (let bytes = 1; bytes <= 50; bytes++) {
+      progress(1, bytes);
+      progress(2, bytes);
+      await new Promise((resolve) => setTimeout(resolve, 5));
+    }
+    fake.emit("download_complete", { id: 1, source: "s", download_path: "p", total_bytes: 100 });
+    await new Promise((resolve) => setTimeout(resolve, 250));
+
+    const ofJob = (id: number) => published.filter((e) => JSON.parse(e.data).id === id);
+    for (const id of [1, 2]) {
+      const times = ofJob(id)
+        .filter((e) => e.event === "download_progress")
+        .map((e) => e.at);
+      assert.ok(times.length >= 2 && times.length <= 5, `job ${id}: ${times.length} progress events`);
+      for (let i = 1; i < times.length; i++) assert.ok((times[i] as number) - (times[i - 1] as number) >= 95);
+      const last = ofJob(id)
+        .filter((e) => e.event === "download_progress")
+        .at(-1);
+      assert.equal(JSON.parse(last?.data ?? "{}").current_bytes, 50);
+    }
+    assert.equal(ofJob(1).at(-1)?.event, "download_complete");
+    assert.deepEqual(
+      published.map((e) => e.id),
+      published.map((_, i) => i + 1),
+    );
+    // The ring keeps the last 5: older ids cannot be replayed, recent ones can.
+    const lastId = hub.lastId;
+    assert.equal(hub.since(lastId - 6), undefined);
+    assert.deepEqual(
+      hub.since(lastId - 5)?.map((e) => e.id),
+      [lastId - 4, lastId - 3, lastId - 2, lastId - 1, lastId],
+    );
+    assert.deepEqual(hub.since(lastId), []);
+    assert.equal(hub.since(lastId + 1), undefined);
+    hub.close();
+    assert.equal(fake.listenerCount("download_progress"), 0);
+  });
+});
+
+describe("dlqueue serve", () => {
+  // The built command, as users run it (`npm test` builds first).
+  const main = join(import.meta.dirname, "../dist/cli/main.js");
+
+  function serve(args: string[], cwd: string) {
+    const child = spawn(process.execPath, [main, "serve", ...args], {
+      cwd,
+      env: { ...process.env, DLQUEUE_AUTH_TOKEN: "" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let stdout = "";
+    let stderr = "";
+    child.stdout.on("data", (chunk) => {
+      stdout += chunk;
+    });
+    child.stderr.on("data", (chunk) => {
+      stderr += chunk;
+    });
+    const exited = new Promise<number | null>((resolve) => child.on("exit", (code) => resolve(code)));
+    return {
+      child,
+      exited,
+      output: () => ({ stdout, stderr }),
+      url: () =>
+        waitUntil(() => /listening on (http:\/\/\S+\/)/.exec(stdout)?.[1], `the listening line; stderr: ${stderr}`),
+    };
+  }
+
+  test("refuses a non-loopback --host without --auth-token, exit 2", async (t) => {
+    const run = serve(["--host", "0.0.0.0", "--port", "0"], await tempDir(t));
+    assert.equal(await run.exited, 2);
+    assert.match(
+      run.output().stderr,
+      /--host 0\.0\.0\.0 would let other machines reach the queue, so it needs --auth-token/,
+    );
+  });
+
+  test("--state keeps jobs across a restart; the token guards a 0.0.0.0 bind; SIGTERM stops cleanly", async (t) => {
+    const dir = await tempDir(t);
+    const token = "cli-token-abcdef";
+    const route = origin.route("/cli/big.bin", { size: 2 * 1024 * 1024, throttleBytesPerSec: 1024 * 1024 });
+    const args = ["--host", "0.0.0.0", "--port", "0", "--auth-token", token, "--state", "queue.db"];
+    args.push("--root", "dl", "--allow-private-networks");
+    const auth = { authorization: `Bearer ${token}` };
+    const call = async (base: string, method: "GET" | "POST", path: string, body?: unknown) => {
+      const response = await request(`${base}api/v1/download_queue${path}`, {
+        method,
+        headers: body ? { ...auth, "content-type": "application/json" } : auth,
+        body: body ? JSON.stringify(body) : undefined,
+      });
+      return { status: response.statusCode, json: (await response.body.json()) as WireJob & WireJob[] };
+    };
+
+    const first = serve(args, dir);
+    t.after(() => first.child.kill("SIGKILL"));
+    const base = (await first.url()).replace("0.0.0.0", "127.0.0.1");
+    const unauthorized = await request(`${base}api/v1/download_queue/`);
+    await unauthorized.body.dump();
+    assert.equal(unauthorized.statusCode, 401);
+    const created = await call(base, "POST", "/i/", { source: route.url, dest: "" });
+    assert.equal(created.status, 200);
+    await waitUntil(async () => (await call(base, "GET", `/i/${created.json.id}`)).json.bytes > 0, "some bytes");
+    first.child.kill("SIGTERM");
+    assert.equal(await first.exited, 0);
+    assert.match(first.output().stderr, /SIGTERM, stopping/);
+
+    const second = serve(args, dir);
+    t.after(() => second.child.kill("SIGKILL"));
+    const base2 = (await second.url()).replace("0.0.0.0", "127.0.0.1");
+    const listed = await call(base2, "GET", "/");
+    assert.deepEqual(
+      listed.json.map((job) => job.id),
+      [created.json.id],
+    );
+    await waitUntil(
+      async () => (await call(base2, "GET", `/i/${created.json.id}`)).json.status === "completed",
+      "the job to finish after the restart",
+    );
+    assert.equal(await fileSha256(join(dir, "dl", "big.bin")), await route.sha256());
+    second.child.kill("SIGINT");
+    assert.equal(await second.exited, 0);
+    assert.ok(existsSync(join(dir, "queue.db")));
+  });
+});
