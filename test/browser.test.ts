@@ -1,0 +1,129 @@
+/**
+ * The page in a real headless Chromium: add downloads through the form, watch the bars, pause and resume from the
+ * keyboard, cancel, and keep a screenshot for the README (docs/screenshot.png).
+ */
+import assert from "node:assert/strict";
+import { existsSync } from "node:fs";
+import { mkdir } from "node:fs/promises";
+import { join } from "node:path";
+import { after, before, test } from "node:test";
+import { type Browser, chromium } from "playwright-core";
+import { fileSha256 } from "./helpers/fs.js";
+import { type Origin, startOrigin } from "./helpers/origin.js";
+import { startService } from "./helpers/service.js";
+
+const CHROMIUM = "/usr/bin/chromium";
+const SCREENSHOT = join(import.meta.dirname, "../docs/screenshot.png");
+
+let origin: Origin;
+let browser: Browser;
+before(async () => {
+  assert.ok(
+    existsSync(CHROMIUM),
+    `${CHROMIUM} is missing: install it with \`apt-get install -y chromium\` (CI does) to run the browser tests.`,
+  );
+  origin = await startOrigin();
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+    ],
+  });
+});
+after(async () => {
+  await browser?.close();
+  await origin?.close();
+});
+
+test("add, watch to 100%, pause and resume by keyboard, cancel, screenshot", async (t) => {
+  const service = await startService(t);
+  const page = await browser.newPage({ viewport: { width: 960, height: 720 } });
+  t.after(() => page.close());
+  const errors: string[] = [];
+  page.on("pageerror", (err) => errors.push(err.message));
+  const failedRequests: string[] = [];
+  page.on("response", (response) => {
+    if (response.status() >= 400) {
+      failedRequests.push(`${response.status()} ${response.request().method()} ${new URL(response.url()).pathname}`);
+    }
+  });
+
+  await page.goto(service.base);
+  await page.getByText("Live", { exact: true }).waitFor();
+  await page.getByText("No downloads yet.").waitFor();
+
+  const add = async (url: string, dest: string, priority: number) => {
+    await page.getByLabel("URL").fill(url);
+    await page.getByLabel("Folder or file").fill(dest);
+    await page.getByLabel("Priority").fill(String(priority));
+    await page.getByRole("button", { name: "Add download" }).click();
+  };
+  const job = (name: string) => page.locator("li.job", { has: page.getByRole("progressbar", { name, exact: true }) });
+
+  // Added through the form; the bar (found by its label) must reach its maximum.
+  const model = origin.route("/hub/model.safetensors", { size: 1536 * 1024, throttleBytesPerSec: 1024 * 1024 });
+  await add(model.url, "models/", 5);
+  const bar = page.getByRole("progressbar", { name: "model.safetensors" });
+  await bar.waitFor();
+  await page.waitForFunction(
+    () => {
+      const progress = document.querySelector<HTMLProgressElement>("li.job[data-status='completed'] progress");
+      return progress !== null && progress.value === progress.max && progress.max > 1;
+    },
+    undefined,
+    { timeout: 20_000 },
+  );
+  assert.equal(await bar.evaluate((el: HTMLProgressElement) => el.max), model.size);
+  assert.equal(await bar.evaluate((el: HTMLProgressElement) => el.value), model.size);
+  await job("model.safetensors").getByText("completed").waitFor();
+  assert.match((await job("model.safetensors").locator(".stats").textContent()) ?? "", /^100% · 1\.5 MiB of 1\.5 MiB$/);
+  assert.equal(await fileSha256(join(service.root, "models/model.safetensors")), await model.sha256());
+
+  // A slow one shows speed and ETA; pausing from the keyboard hands the focus to Resume.
+  const slow = origin.route("/hub/vae.safetensors", { size: 32 * 1024 * 1024, throttleBytesPerSec: 256 * 1024 });
+  await add(slow.url, "", 10);
+  const slowJob = job("vae.safetensors");
+  await slowJob
+    .locator(".stats")
+    .filter({ hasText: /KiB\/s · .* left/ })
+    .waitFor({ timeout: 10_000 });
+  await slowJob.getByRole("button", { name: "Pause vae.safetensors" }).focus();
+  await page.keyboard.press("Enter");
+  await slowJob.getByText("paused").waitFor();
+  const focused = await page.evaluate(() => document.activeElement?.getAttribute("aria-label"));
+  assert.equal(focused, "Resume vae.safetensors");
+  await page.keyboard.press("Enter");
+  await slowJob.getByText("running").waitFor();
+
+  // Another throttled one, cancelled with its button: the page says so, in the list and to screen readers.
+  const big = origin.route("/hub/unet.safetensors", { size: 64 * 1024 * 1024, throttleBytesPerSec: 128 * 1024 });
+  await add(big.url, "models/", 20);
+  const bigJob = job("unet.safetensors");
+  await bigJob.getByText("running").waitFor();
+  await bigJob.getByRole("button", { name: "Cancel unet.safetensors" }).click();
+  await bigJob.getByText("cancelled").waitFor();
+  await page.locator("#announcer").filter({ hasText: "unet.safetensors: cancelled" }).waitFor();
+  assert.equal(await bigJob.getByRole("button").count(), 0);
+  assert.equal((await service.call("GET", "/api/v1/download_queue/")).text.includes('"status":"cancelled"'), true);
+
+  await slowJob
+    .locator(".stats")
+    .filter({ hasText: /KiB\/s · .* left/ })
+    .waitFor({ timeout: 10_000 });
+  await page.evaluate(() => (document.activeElement as HTMLElement | null)?.blur());
+  await mkdir(join(SCREENSHOT, ".."), { recursive: true });
+  await page.screenshot({ path: SCREENSHOT, fullPage: true });
+
+  // A refused submission explains itself next to the form.
+  await add("ftp://example.com/model.bin", "", 10);
+  await page.getByRole("alert").filter({ hasText: "Unsupported URL scheme" }).waitFor();
+  assert.deepEqual(errors, []);
+  assert.deepEqual(failedRequests, ["400 POST /api/v1/download_queue/i/"]);
+});
