@@ -210,3 +210,29 @@ export function fsError(err: unknown, path: string): Error {
   }
   return err instanceof Error ? err : new Error(String(err));
 }
+
+/** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
+const TRANSIENT_ERRNO = new Set([
+  "ECONNRESET",
+  "ECONNREFUSED",
+  "ECONNABORTED",
+  "EPIPE",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "ENETDOWN",
+  "EAI_AGAIN",
+]);
+const NON_TRANSIENT_UNDICI = new Set(["UND_ERR_ABORTED", "UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]);
+
+/** Maps whatever a transfer threw onto dlqueue's errors, deciding what is worth retrying. */
+export function classifyFailure(err: unknown, path: string): Error {
+  if (err instanceof DlqError) return err;
+  const code = (err as { code?: string } | undefined)?.code;
+  if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
+    return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message}); resuming.`, {
+      cause: err,
+    });
+  }
+  return fsError(err, path);
+}

@@ -8,6 +8,7 @@ import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
 import { HttpError } from "../src/errors.js";
+import { segmentsPathOf } from "../src/files/partial.js";
 import {
   doneBytes,
   downloadSegmented,
@@ -17,7 +18,6 @@ import {
   RangeNotSupportedError,
   readSegmentState,
   type SegmentedOptions,
-  segmentsPathOf,
 } from "../src/transfer/segments.js";
 import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";

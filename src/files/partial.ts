@@ -1,6 +1,6 @@
 import { once } from "node:events";
 import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, open, readFile, rename, rm, stat, statfs, truncate, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, rename, stat, statfs, truncate, unlink, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { FileLockedError, fsError, InsufficientDiskSpaceError } from "../errors.js";
 
@@ -29,6 +29,20 @@ async function makeFolder(dir: string): Promise<void> {
   if (madeFolders.has(dir)) return;
   await mkdir(dir, { recursive: true });
   madeFolders.add(dir);
+}
+
+/** The finished ranges of a partial being fetched over several connections. */
+export function segmentsPathOf(partialPath: string): string {
+  return `${partialPath}.segments.json`;
+}
+
+/** unlink, not rm({ force }): Node 20's rm costs two extra lstat round trips per file. */
+async function removeIfPresent(path: string): Promise<void> {
+  try {
+    await unlink(path);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
+  }
 }
 
 export function partialPathOf(finalPath: string): string {
@@ -98,15 +112,15 @@ export async function commitPartial(finalPath: string, hasSidecar: boolean): Pro
     throw fsError(err, finalPath);
   }
   if (hasSidecar) {
-    await rm(finalPath + META_SUFFIX, { force: true });
-    await rm(`${partialPathOf(finalPath)}.segments.json`, { force: true });
+    await removeIfPresent(finalPath + META_SUFFIX);
+    await removeIfPresent(segmentsPathOf(partialPathOf(finalPath)));
   }
 }
 
 export async function discardPartial(finalPath: string): Promise<void> {
-  await rm(partialPathOf(finalPath), { force: true });
-  await rm(finalPath + META_SUFFIX, { force: true });
-  await rm(`${partialPathOf(finalPath)}.segments.json`, { force: true });
+  await removeIfPresent(partialPathOf(finalPath));
+  await removeIfPresent(finalPath + META_SUFFIX);
+  await removeIfPresent(segmentsPathOf(partialPathOf(finalPath)));
 }
 
 /**
@@ -126,12 +140,12 @@ export async function lockPartial(finalPath: string): Promise<() => Promise<void
       const handle = await open(lockPath, "wx");
       await handle.writeFile(`${process.pid}\n`);
       await handle.close();
-      return () => rm(lockPath, { force: true });
+      return () => removeIfPresent(lockPath);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw fsError(err, lockPath);
       const owner = Number.parseInt(await readFile(lockPath, "utf8").catch(() => ""), 10);
       if (isAlive(owner)) throw new FileLockedError(finalPath);
-      await rm(lockPath, { force: true });
+      await removeIfPresent(lockPath);
     }
   }
   throw new FileLockedError(finalPath);

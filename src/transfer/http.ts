@@ -8,8 +8,8 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { type Dispatcher, request } from "undici";
 import {
   ChecksumMismatchError,
+  classifyFailure,
   DlqError,
-  fsError,
   HttpError,
   ResponseTooLargeError,
   SizeMismatchError,
@@ -43,19 +43,6 @@ const RESUMABLE_MIN_BYTES = 64 * 1024;
 const SEGMENTED_MIN_BYTES = 8 * 1024 * 1024;
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
-/** Network-level failures worth another try; anything else (a bad host name, a TLS error) fails at once. */
-const TRANSIENT_ERRNO = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "EAI_AGAIN",
-]);
-const NON_TRANSIENT_UNDICI = new Set(["UND_ERR_ABORTED", "UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]);
 
 export interface TransferSettings {
   dispatcher: Dispatcher;
@@ -127,7 +114,10 @@ async function retrying(attempt: Attempt, settings: TransferSettings, signal: Ab
       return await attempt.run();
     } catch (err) {
       if (signal.aborted) throw signal.reason;
-      const error = classify(err, attempt.downloadPath);
+      const error = classifyFailure(
+        err,
+        attempt.downloadPath ? partialPathOf(attempt.downloadPath) : "the destination",
+      );
       if (attempt.bytes > bytesBefore) failures = 0;
       if (!(error instanceof DlqError && error.retryable) || failures >= settings.retries) {
         if (attempt.downloadPath && discardsPartial(error)) await discardPartial(attempt.downloadPath);
@@ -459,16 +449,4 @@ function retryAfterMs(response: Dispatcher.ResponseData): number | undefined {
   if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
   const date = Date.parse(value);
   return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
-}
-
-/** Maps whatever an attempt threw onto dlqueue's errors, deciding what is worth retrying. */
-function classify(err: unknown, downloadPath: string | undefined): Error {
-  if (err instanceof DlqError) return err;
-  const code = (err as { code?: string } | undefined)?.code;
-  if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
-    return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message}); resuming.`, {
-      cause: err,
-    });
-  }
-  return fsError(err, downloadPath ? partialPathOf(downloadPath) : "the destination");
 }

@@ -14,26 +14,14 @@ import { type IncomingHttpHeaders, STATUS_CODES } from "node:http";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import { type Dispatcher, request } from "undici";
-import { DlqError, fsError, HttpError, TransferInterruptedError } from "../errors.js";
+import { classifyFailure, DlqError, fsError, HttpError, TransferInterruptedError } from "../errors.js";
+import { segmentsPathOf } from "../files/partial.js";
 import { header, parseContentRange } from "./resume.js";
 
-export const SEGMENTS_SUFFIX = ".segments.json";
 const DEFAULT_MIN_SEGMENT_BYTES = 1024 * 1024;
 const DEFAULT_MAX_RETRY_DELAY_MS = 30_000;
 /** The sidecar is rewritten at most this often while bytes arrive (and always when a segment ends). */
 const SAVE_INTERVAL_MS = 500;
-const TRANSIENT_ERRNO = new Set([
-  "ECONNRESET",
-  "ECONNREFUSED",
-  "ECONNABORTED",
-  "EPIPE",
-  "ETIMEDOUT",
-  "EHOSTUNREACH",
-  "ENETUNREACH",
-  "ENETDOWN",
-  "EAI_AGAIN",
-]);
-const NON_TRANSIENT_UNDICI = new Set(["UND_ERR_ABORTED", "UND_ERR_INVALID_ARG", "UND_ERR_NOT_SUPPORTED"]);
 
 export interface SegmentedOptions {
   /** The final URL after redirects: every range request goes there directly. */
@@ -100,10 +88,6 @@ export class RangeNotSupportedError extends DlqError {
     this.status = status;
     this.problem = problem;
   }
-}
-
-export function segmentsPathOf(partialPath: string): string {
-  return partialPath + SEGMENTS_SUFFIX;
 }
 
 /** The sidecar of a partial, if there is a readable one. */
@@ -321,7 +305,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
         await fetchOnce(seg);
       } catch (err) {
         if (requestSignal.aborted) throw requestSignal.reason;
-        const error = classify(err, partialPath);
+        const error = classifyFailure(err, partialPath);
         if (seg.written > before) failures = 0;
         if (!(error instanceof DlqError && error.retryable) || failures >= opts.retries) throw error;
         failures++;
@@ -457,21 +441,6 @@ function backoff(failures: number, opts: SegmentedOptions, retryAfterMs: number 
   if (retryAfterMs !== undefined) return Math.min(retryAfterMs, max);
   const exponential = Math.min(max, opts.retryDelayMs * 2 ** (failures - 1));
   return Math.round(exponential * (0.5 + Math.random() * 0.5));
-}
-
-/** Which failures a segment retries: dlqueue's retryable errors and network-level ones. */
-function classify(err: unknown, partialPath: string): Error {
-  if (err instanceof DlqError) return err;
-  const code = (err as { code?: string } | undefined)?.code;
-  if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
-    return new TransferInterruptedError(
-      `A segment's connection failed (${code}: ${(err as Error).message}); resuming.`,
-      {
-        cause: err,
-      },
-    );
-  }
-  return fsError(err, partialPath);
 }
 
 /**
