@@ -216,7 +216,7 @@ describe("REST API", () => {
     assert.equal((await service.call("GET", API)).status, 200);
   });
 
-  test('an empty dest is the root itself; priority defaults to 10; "access_token": null is accepted', async (t) => {
+  test('an empty dest is the root itself, for single and multi-file jobs; priority defaults to 10; "access_token": null is accepted', async (t) => {
     const service = await startService(t);
     const route = origin.route("/api/root.bin", { size: 5000 });
     const created = await service.call("POST", `${API}/i/`, {
@@ -228,6 +228,13 @@ describe("REST API", () => {
     assert.equal(job.dest, service.root);
     await jobReaches(service, job.id, "completed");
     assert.equal(await fileSha256(join(service.root, "root.bin")), await route.sha256());
+    const multi = await service.call("POST", `${API}/multi/`, {
+      body: { parts: [{ url: route.url, path: "copy/root.bin" }], dest: "" },
+    });
+    assert.equal(multi.status, 200, multi.text);
+    assert.equal((multi.json as WireMultiFileJob).download_path, join(service.root, "copy"));
+    await jobReaches(service, (multi.json as WireMultiFileJob).id, "completed");
+    assert.equal(await fileSha256(join(service.root, "copy/root.bin")), await route.sha256());
   });
 
   test("multi-file jobs: every part byte-exact under dest, listed under /multi/", async (t) => {

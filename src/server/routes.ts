@@ -115,7 +115,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       for (const part of body.parts) await checkSource(part.url, policy);
       const dest = await resolveDest(root, body.dest);
       // The queue keeps each part's path inside dest; this also refuses links below dest that lead out of the root.
-      for (const part of body.parts) await resolveDest(root, `${body.dest}/${part.path}`);
+      for (const part of body.parts) await resolveDest(root, body.dest ? `${body.dest}/${part.path}` : part.path);
       return queue.multifileDownload(multiFileRequestFromWire(body, dest)).toJSON();
     },
   );

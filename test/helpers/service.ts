@@ -41,6 +41,9 @@ export interface ServiceOptions extends Partial<Omit<ServerOptions, "queue">> {
 /** Defaults suit tests against the local origin: private networks allowed, quick retries, a quiet logger. */
 export async function startService(t: TestContext, options: ServiceOptions = {}): Promise<Service> {
   const { queueOptions, ...serverOptions } = options;
+  // After-hooks run in the order they were added: the service must stop before its root folder is removed.
+  let close = async () => {};
+  t.after(() => close());
   const root = serverOptions.root ?? (await tempDir(t));
   const queue = new DownloadQueue({ logger: memoryLogger().logger, retryDelayMs: 50, ...queueOptions });
   const app = await buildServer({ allowPrivateNetworks: true, ...serverOptions, root, queue });
@@ -50,19 +53,18 @@ export async function startService(t: TestContext, options: ServiceOptions = {})
   const base = `http://127.0.0.1:${address.port}`;
   const received: string[] = [];
   let closed = false;
-  const close = async () => {
+  close = async () => {
     if (closed) return;
     closed = true;
     await app.close();
     await queue.stop();
   };
-  t.after(close);
   return {
     base,
     root: await realpath(root),
     queue,
     received,
-    close,
+    close: () => close(),
     async call(method, path, { body, rawBody, headers = {} } = {}) {
       const response = await request(`${base}${path}`, {
         method,
