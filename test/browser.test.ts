@@ -8,7 +8,8 @@ import { mkdir } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, test } from "node:test";
 import { type Browser, chromium } from "playwright-core";
-import { fileSha256 } from "./helpers/fs.js";
+import { DownloadQueue } from "../src/index.js";
+import { fileSha256, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 import { startService, waitUntil } from "./helpers/service.js";
 
@@ -130,4 +131,43 @@ test("add, watch to 100%, pause and resume by keyboard, cancel, screenshot", asy
   await page.getByRole("alert").filter({ hasText: "Unsupported URL scheme" }).waitFor();
   assert.deepEqual(errors, []);
   assert.deepEqual(failedRequests, ["400 POST /api/v1/download_queue/i/"]);
+});
+
+test("after a server restart the page reconnects, reloads the list and follows the resumed download", async (t) => {
+  const dir = await tempDir(t);
+  const store = join(dir, "queue.db");
+  const options = { root: join(dir, "downloads"), queueOptions: { store } };
+  const first = await startService(t, options);
+  const page = await browser.newPage({ viewport: { width: 960, height: 720 } });
+  t.after(() => page.close());
+  await page.goto(first.base);
+  await page.getByText("Live", { exact: true }).waitFor();
+
+  const small = origin.route("/restart/config.json", { body: "{}" });
+  const big = origin.route("/restart/weights.bin", { size: 3 * 1024 * 1024, throttleBytesPerSec: 1024 * 1024 });
+  for (const route of [small, big]) {
+    const created = await first.call("POST", "/api/v1/download_queue/i/", { body: { source: route.url, dest: "" } });
+    assert.equal(created.status, 200);
+  }
+  const finished = page.locator("li.job", { has: page.getByRole("progressbar", { name: "config.json" }) });
+  const bar = page.getByRole("progressbar", { name: "weights.bin" });
+  const item = page.locator("li.job", { has: bar });
+  await finished.getByText("completed").waitFor();
+  await item.getByText("running").waitFor();
+  await first.close();
+  await page.getByText("Reconnecting…").waitFor();
+
+  // While the server is down the finished job is pruned, which sends no event: only reloading the list shows it.
+  const offline = new DownloadQueue({ store, maxParallelDownloads: 1 });
+  offline.pruneJobs();
+  await offline.stop();
+  const second = await startService(t, { ...options, port: Number(new URL(first.base).port) });
+  await page.getByText("Live", { exact: true }).waitFor({ timeout: 10_000 });
+  await finished.waitFor({ state: "detached" });
+  await item.getByText("completed").waitFor({ timeout: 20_000 });
+  assert.equal(await bar.getAttribute("value"), String(big.size));
+  assert.equal(await fileSha256(join(second.root, "weights.bin")), await big.sha256());
+  // The resumed transfer asked only for what the first server had not fetched.
+  assert.match(String(big.requests.at(-1)?.headers.range), /^bytes=[1-9]\d*-$/);
+  await second.close();
 });

@@ -36,18 +36,20 @@ export interface Reply {
 
 export interface ServiceOptions extends Partial<Omit<ServerOptions, "queue">> {
   queueOptions?: DownloadQueueOptions;
+  /** Default 0: any free port. */
+  port?: number;
 }
 
 /** Defaults suit tests against the local origin: private networks allowed, quick retries, a quiet logger. */
 export async function startService(t: TestContext, options: ServiceOptions = {}): Promise<Service> {
-  const { queueOptions, ...serverOptions } = options;
+  const { queueOptions, port = 0, ...serverOptions } = options;
   // After-hooks run in the order they were added: the service must stop before its root folder is removed.
   let close = async () => {};
   t.after(() => close());
   const root = serverOptions.root ?? (await tempDir(t));
   const queue = new DownloadQueue({ logger: memoryLogger().logger, retryDelayMs: 50, ...queueOptions });
   const app = await buildServer({ allowPrivateNetworks: true, ...serverOptions, root, queue });
-  await app.listen({ host: "127.0.0.1", port: 0 });
+  await app.listen({ host: "127.0.0.1", port });
   const address = app.server.address();
   if (!address || typeof address === "string") throw new Error("the server has no TCP address");
   const base = `http://127.0.0.1:${address.port}`;
