@@ -1,9 +1,9 @@
 /**
  * The download queue as an HTTP service: InvokeAI's download_queue API under /api/v1/download_queue, an event stream,
- * OpenAPI at /docs and the web page at /. Built as a factory so it can be listened on, injected into in tests, or
- * registered next to other routes.
+ * OpenAPI at /docs and the web page at /. A factory rather than a listening server, so a caller can add routes of its
+ * own, inject requests, or listen wherever it likes.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import fastifyStatic from "@fastify/static";
@@ -20,7 +20,10 @@ import type { Resolver } from "./ssrf.js";
 
 export const API_PREFIX = "/api/v1/download_queue";
 const EVENTS_PATH = `${API_PREFIX}/events`;
-const VERSION = "0.1.0";
+// Two levels up from both src/server/app.ts and dist/server/app.js.
+const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
+  version: string;
+};
 
 export interface ServerOptions {
   /**
@@ -89,7 +92,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     openapi: {
       info: {
         title: "dlqueue",
-        version: VERSION,
+        version,
         description: "A download queue for very large files; InvokeAI's download_queue API plus events.",
       },
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },

@@ -8,7 +8,7 @@ import type { ServerResponse } from "node:http";
 import type { DownloadQueue } from "../index.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 
-export const EVENT_NAMES = Object.keys({
+const EVENT_NAMES = Object.keys({
   download_started: true,
   download_progress: true,
   download_complete: true,
