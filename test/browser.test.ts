@@ -171,3 +171,28 @@ test("after a server restart the page reconnects, reloads the list and follows t
   assert.match(String(big.requests.at(-1)?.headers.range), /^bytes=[1-9]\d*-$/);
   await second.close();
 });
+
+test("with an auth token the page asks for it, then works with it", async (t) => {
+  const token = "browser-token-5f4e3d2c";
+  const service = await startService(t, { authToken: token });
+  const route = origin.route("/auth/vocab.json", { body: '{"a":1}' });
+  const page = await browser.newPage();
+  t.after(() => page.close());
+  await page.goto(service.base);
+  await page.getByText("Sign in required").waitFor();
+  await page.getByLabel("Access token").fill("wrong");
+  await page.getByRole("button", { name: "Use token" }).click();
+  // Submitting hides the form and reconnects; the refusal brings both back.
+  await page.getByText("Sign in required").waitFor();
+  await page.getByLabel("Access token").waitFor();
+  await page.getByLabel("Access token").fill(token);
+  await page.getByRole("button", { name: "Use token" }).click();
+  await page.getByText("Live", { exact: true }).waitFor();
+  assert.equal(await page.locator("#token-form").isHidden(), true);
+
+  await page.getByLabel("URL").fill(route.url);
+  await page.getByRole("button", { name: "Add download" }).click();
+  const item = page.locator("li.job", { has: page.getByRole("progressbar", { name: "vocab.json" }) });
+  await item.getByText("completed").waitFor();
+  assert.equal(await fileSha256(join(service.root, "vocab.json")), await route.sha256());
+});

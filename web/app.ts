@@ -340,6 +340,7 @@ function apply({ name, data }: QueuedEvent): void {
 
 function connect(): void {
   events?.close();
+  setConnection("connecting", "Connecting…");
   const url = token ? `${API}/events?token=${encodeURIComponent(token)}` : `${API}/events`;
   const source = new EventSource(url);
   events = source;
