@@ -165,8 +165,9 @@ describe("a killed process", () => {
     assert.equal(status, "completed");
     assert.equal(route.requests.length, 2);
     const resumedAt = Number(/^bytes=(\d+)-$/.exec(String(route.requests[1]?.headers.range))?.[1]);
-    // The killed process may not have flushed its last write buffer; everything it did flush is reused.
-    assert.ok(resumedAt > 0 && resumedAt <= reported, `resumed at ${resumedAt}, killed after ${reported}`);
+    // Everything the killed process flushed is reused: at most its last write buffer (1 MiB) is lost, and bytes that
+    // arrived after its last progress line but before the kill landed count too.
+    assert.ok(resumedAt >= Math.max(1, reported - 2 ** 20) && resumedAt < 3_000_000, `resumed at ${resumedAt}`);
     assert.equal(await fileSha256(target), await route.sha256());
     assert.deepEqual(await listFiles(dest), ["killed.bin"]);
   });
