@@ -264,6 +264,17 @@ class Attempt {
     }
   }
 
+  /** Tells the queue where the bytes go and how many there will be, once a response is accepted. */
+  #accepted(response: Dispatcher.ResponseData, finalPath: string, start: number, totalBytes: number | undefined): void {
+    this.bytes = start;
+    this.observer.onResponse({
+      downloadPath: finalPath,
+      totalBytes,
+      contentType: header(response.headers, "content-type"),
+      bytes: start,
+    });
+  }
+
   /** What every request to `url` carries; credentials only go to the origin of the source. */
   #headersFor(url: URL): Record<string, string> {
     const headers: Record<string, string> = {
@@ -300,13 +311,7 @@ class Attempt {
       await writeValidators(finalPath, validators);
     }
     const hash = await this.#hashPrefix(finalPath, start);
-    this.bytes = start;
-    this.observer.onResponse({
-      downloadPath: finalPath,
-      totalBytes,
-      contentType: header(response.headers, "content-type"),
-      bytes: start,
-    });
+    this.#accepted(response, finalPath, start, totalBytes);
 
     const durable = (totalBytes ?? 0) - start >= FSYNC_MIN_BYTES;
     const sink = await openPartial(finalPath, start, durable);
@@ -345,13 +350,7 @@ class Attempt {
     await ensureFreeSpace(finalPath, totalBytes - start);
     const validators = validatorsFrom(this.req.source, response.headers, totalBytes);
     await writeValidators(finalPath, validators);
-    this.bytes = start;
-    this.observer.onResponse({
-      downloadPath: finalPath,
-      totalBytes,
-      contentType: header(response.headers, "content-type"),
-      bytes: start,
-    });
+    this.#accepted(response, finalPath, start, totalBytes);
     const ifRange = ifRangeFor(validators);
     try {
       await downloadSegmented({
