@@ -477,10 +477,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }
     for (const multi of this.#multiJobs.values()) {
       if (multi.job.inTerminalState) multi.done.resolve(multi.job);
-      else {
-        const waiting = multi.parts.some((p) => p.job.status === DownloadJobStatus.Waiting);
-        multi.job.status = waiting ? DownloadJobStatus.Waiting : DownloadJobStatus.Paused;
-      }
+      else this.#restMulti(multi);
     }
   }
 
@@ -654,10 +651,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         r.started = false;
         this.#persist(r);
       }
-      const multi = runtime.parent;
-      if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
-        multi.job.status = DownloadJobStatus.Waiting;
-      }
+      if (runtime.parent) this.#restMulti(runtime.parent);
       return;
     }
     if (to === "cancelled") {
@@ -674,14 +668,16 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#persist(runtime);
     this.#active.delete(runtime);
     this.#emit("download_paused", runtime.job);
-    const multi = runtime.parent;
-    if (multi && !multi.job.inTerminalState && multi.parts.every((p) => p.job.status !== DownloadJobStatus.Running)) {
-      multi.job.status = multi.parts.some((p) => p.job.status === DownloadJobStatus.Paused)
-        ? DownloadJobStatus.Paused
-        : DownloadJobStatus.Waiting;
-    }
+    if (runtime.parent) this.#restMulti(runtime.parent);
     for (const follower of runtime.followers) this.#paused(follower);
     if (this.#isIdle()) this.#wakeIdleWaiters();
+  }
+
+  /** A multi-file job none of whose parts runs: waiting while any part will run again, else paused. */
+  #restMulti(multi: MultiRuntime): void {
+    if (multi.job.inTerminalState || multi.parts.some((p) => p.job.status === DownloadJobStatus.Running)) return;
+    const waiting = multi.parts.some((p) => p.job.status === DownloadJobStatus.Waiting);
+    multi.job.status = waiting ? DownloadJobStatus.Waiting : DownloadJobStatus.Paused;
   }
 
   #runtimesOf(job: DownloadJob | MultiFileDownloadJob | number): JobRuntime[] {
