@@ -130,26 +130,43 @@ function settled<J>(): Settled<J> {
   return { promise, resolve: resolveFn };
 }
 
-interface JobRuntime {
-  readonly job: DownloadJob;
-  /** Copied from the job for the heap. */
-  readonly priority: number;
-  readonly callbacks: DownloadCallbacks<DownloadJob>;
-  readonly accessToken: string | undefined;
-  readonly headers: Record<string, string> | undefined;
-  /** dest ended with a path separator: a folder to create, even though it does not exist yet. */
-  readonly destNamesFolder: boolean;
-  /** Multi-file parts always write to their exact path. */
-  readonly exactPath: boolean;
-  readonly done: Settled<DownloadJob>;
-  readonly parent: MultiRuntime | undefined;
+/** Shared by every job that has no follower yet (frozen: attaching replaces it, never pushes to it). */
+const NO_FOLLOWERS = Object.freeze([]) as unknown as JobRuntime[];
+const NO_CALLBACKS: { readonly [K in keyof DownloadCallbacks<unknown>]?: undefined } = Object.freeze({});
+
+/**
+ * What the queue keeps about one job besides the job itself, for as long as the job is listed; 100,000 may wait at
+ * once, so it holds only what a waiting job needs. A class, so every runtime shares one hidden class (an object
+ * literal built with a spread got a hidden class of its own per job, about 1 KB each). What only a running job
+ * needs (its AbortController) is created by #run, a waitForJob() promise by the first waitForJob().
+ */
+class JobRuntime {
   /** Later jobs for the same URL and the same file: they share this job's transfer. */
-  readonly followers: JobRuntime[];
-  leader: JobRuntime | undefined;
-  controller: AbortController | undefined;
-  started: boolean;
-  lastProgressAt: number;
-  lastProgressBytes: number;
+  followers: JobRuntime[] = NO_FOLLOWERS;
+  leader: JobRuntime | undefined = undefined;
+  controller: AbortController | undefined = undefined;
+  /** Settles waitForJob(); made by the first call while the job is unfinished. */
+  done: Settled<DownloadJob> | undefined = undefined;
+  started = false;
+  lastProgressAt = 0;
+  lastProgressBytes = -1;
+
+  constructor(
+    readonly job: DownloadJob,
+    readonly callbacks: DownloadCallbacks<DownloadJob>,
+    readonly accessToken: string | undefined,
+    readonly headers: Record<string, string> | undefined,
+    /** dest ended with a path separator: a folder to create, even though it does not exist yet. */
+    readonly destNamesFolder: boolean,
+    /** Multi-file parts always write to their exact path. */
+    readonly exactPath: boolean,
+    readonly parent: MultiRuntime | undefined,
+  ) {}
+
+  /** For the heap. */
+  get priority(): number {
+    return this.job.priority;
+  }
 }
 
 interface MultiRuntime {
@@ -177,14 +194,21 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #heap = new PriorityHeap<JobRuntime>();
   /** Waiting or running: what join() waits for. */
   readonly #active = new Set<JobRuntime>();
-  /** The job that transfers each (source, dest) right now, so a duplicate attaches instead of fetching again. */
-  readonly #leaders = new Map<string, JobRuntime>();
+  /**
+   * The job that transfers each (source, dest) right now, so a duplicate attaches instead of fetching again. Keyed
+   * by source, then by dest only when one source goes to several places: no composite key string per job.
+   */
+  readonly #leaders = new Map<string, JobRuntime | Map<string, JobRuntime>>();
   readonly #running = new Map<JobRuntime, Promise<void>>();
   #idleWaiters: (() => void)[] = [];
   readonly #store: JobStore;
   readonly #ownStore: boolean;
   #pumpScheduled = false;
   #stopped = false;
+  /** The last callbacks a job was given: jobs submitted with the same functions share one object. */
+  #lastCallbacks: DownloadCallbacks<DownloadJob> = NO_CALLBACKS;
+  /** The last dest resolved, so jobs queued into one folder share one string. */
+  #lastDest = { given: "", cwd: "", resolved: "" };
 
   constructor(options: DownloadQueueOptions = {}) {
     super();
@@ -244,7 +268,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       roots.size === 1 && parts.every((part) => part.path.includes("/")) ? join(dest, [...roots][0] as string) : dest;
     const multi: MultiRuntime = {
       job: new MultiFileDownloadJob(id, dest, root, []),
-      callbacks: request,
+      callbacks: pickCallbacks(request),
       parts: partRuntimes,
       done: settled(),
       lastProgressAt: 0,
@@ -358,7 +382,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   /** Resolves with the job once it has finished, whatever the outcome; rejects with TimeoutError after timeoutMs. */
   waitForJob<J extends DownloadJob | MultiFileDownloadJob>(job: J, options: { timeoutMs?: number } = {}): Promise<J> {
-    const done = (this.#multiJobs.get(job.id)?.done.promise ?? this.#jobs.get(job.id)?.done.promise) as
+    const done = (this.#multiJobs.get(job.id)?.done.promise ?? this.#doneOf(this.#jobs.get(job.id))) as
       | Promise<J>
       | undefined;
     if (!done) return Promise.reject(new UnknownJobIdError(job.id));
@@ -369,6 +393,13 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       timer = setTimeout(() => reject(new TimeoutError(`Job ${job.id}`, timeoutMs)), timeoutMs);
     });
     return Promise.race([done, timeout]).finally(() => clearTimeout(timer));
+  }
+
+  #doneOf(runtime: JobRuntime | undefined): Promise<DownloadJob> | undefined {
+    if (!runtime) return undefined;
+    if (runtime.job.inTerminalState) return Promise.resolve(runtime.job);
+    runtime.done ??= settled();
+    return runtime.done.promise;
   }
 
   /**
@@ -390,8 +421,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     const dest = checkDest(request.dest);
     const priority = checkPriority(request.priority);
     const { sha256, size } = checkExpectations(request);
-    const job = new DownloadJob(this.#store.nextId(), source, resolve(dest), priority, sha256, size);
-    const runtime = this.#track(job, request, {
+    const job = new DownloadJob(this.#store.nextId(), source, this.#resolveDest(dest), priority, sha256, size);
+    const runtime = this.#track(job, this.#callbacksOf(request), {
       headers: request.headers,
       accessToken: request.accessToken,
       destNamesFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
@@ -408,22 +439,44 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     callbacks: DownloadCallbacks<DownloadJob>,
     how: Pick<JobRuntime, "headers" | "accessToken" | "destNamesFolder" | "exactPath" | "parent">,
   ): JobRuntime {
-    const runtime: JobRuntime = {
-      ...how,
+    const runtime = new JobRuntime(
       job,
-      priority: job.priority,
       callbacks,
-      accessToken: how.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(job.source))?.token,
-      done: settled<DownloadJob>(),
-      followers: [],
-      leader: undefined,
-      controller: undefined,
-      started: false,
-      lastProgressAt: 0,
-      lastProgressBytes: -1,
-    };
+      how.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(job.source))?.token,
+      how.headers,
+      how.destNamesFolder,
+      how.exactPath,
+      how.parent,
+    );
     this.#jobs.set(job.id, runtime);
     return runtime;
+  }
+
+  /**
+   * The request's callbacks, without keeping the request itself (nor its source string) alive: the same object as
+   * the previous job's when the functions are the same, as when a loop queues many jobs with one onError.
+   */
+  #callbacksOf(request: DownloadCallbacks<DownloadJob>): DownloadCallbacks<DownloadJob> {
+    const last = this.#lastCallbacks;
+    if (
+      request.onStart === last.onStart &&
+      request.onProgress === last.onProgress &&
+      request.onComplete === last.onComplete &&
+      request.onCancelled === last.onCancelled &&
+      request.onError === last.onError
+    ) {
+      return last;
+    }
+    this.#lastCallbacks = pickCallbacks(request);
+    return this.#lastCallbacks;
+  }
+
+  /** path.resolve, but jobs queued into the same dest from the same working folder share one string. */
+  #resolveDest(dest: string): string {
+    const last = this.#lastDest;
+    const cwd = process.cwd();
+    if (dest !== last.given || cwd !== last.cwd) this.#lastDest = { given: dest, cwd, resolved: resolve(dest) };
+    return this.#lastDest.resolved;
   }
 
   /**
@@ -472,8 +525,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         parent.parts.push(runtime);
         (parent.job.downloadParts as DownloadJob[]).push(job);
       }
-      if (job.inTerminalState) runtime.done.resolve(job);
-      else if (job.status !== DownloadJobStatus.Paused) this.#schedule(runtime);
+      if (!job.inTerminalState && job.status !== DownloadJobStatus.Paused) this.#schedule(runtime);
     }
     for (const multi of this.#multiJobs.values()) {
       if (multi.job.inTerminalState) multi.done.resolve(multi.job);
@@ -523,19 +575,49 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   /** Queues a new job, or attaches it to the job already fetching the same URL into the same place. */
   #schedule(runtime: JobRuntime): void {
-    const key = `${runtime.job.source}\n${runtime.job.dest}`;
-    const leader = this.#leaders.get(key);
+    const leader = this.#leaderOf(runtime.job);
     if (!leader || leader.job.inTerminalState || runtime.parent) {
-      if (!runtime.parent) this.#leaders.set(key, runtime);
+      if (!runtime.parent) this.#setLeader(runtime);
       this.#enqueue(runtime);
       return;
     }
     runtime.leader = leader;
-    leader.followers.push(runtime);
+    if (leader.followers === NO_FOLLOWERS) leader.followers = [runtime];
+    else leader.followers.push(runtime);
     runtime.job.status = leader.job.status;
     if (runtime.job.status !== DownloadJobStatus.Paused) this.#active.add(runtime);
     this.#persist(runtime);
     if (leader.started) this.#followStart(leader, runtime);
+  }
+
+  #leaderOf({ source, dest }: DownloadJob): JobRuntime | undefined {
+    const entry = this.#leaders.get(source);
+    if (entry instanceof Map) return entry.get(dest);
+    return entry?.job.dest === dest ? entry : undefined;
+  }
+
+  #setLeader(runtime: JobRuntime): void {
+    const { source, dest } = runtime.job;
+    const entry = this.#leaders.get(source);
+    if (entry instanceof Map) {
+      entry.set(dest, runtime);
+    } else if (entry === undefined || entry.job.dest === dest) {
+      this.#leaders.set(source, runtime);
+    } else {
+      const byDest = new Map([[entry.job.dest, entry]]);
+      this.#leaders.set(source, byDest.set(dest, runtime));
+    }
+  }
+
+  #dropLeader(runtime: JobRuntime): void {
+    const { source, dest } = runtime.job;
+    const entry = this.#leaders.get(source);
+    if (entry === runtime) {
+      this.#leaders.delete(source);
+    } else if (entry instanceof Map && entry.get(dest) === runtime) {
+      entry.delete(dest);
+      if (entry.size === 0) this.#leaders.delete(source);
+    }
   }
 
   #followStart(leader: JobRuntime, follower: JobRuntime): void {
@@ -738,15 +820,15 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       this.#call(runtime.callbacks.onError, job, error);
     }
     if (runtime.parent) this.#partSettled(runtime.parent, runtime, error);
-    const key = `${job.source}\n${job.dest}`;
-    if (this.#leaders.get(key) === runtime) this.#leaders.delete(key);
+    this.#dropLeader(runtime);
     for (const follower of runtime.followers) {
       if (follower.job.inTerminalState) continue;
       const { downloadPath, bytes, totalBytes, errorType, error: trace } = job;
       Object.assign(follower.job, { downloadPath, bytes, totalBytes, errorType, error: trace });
       this.#settle(follower, status, error);
     }
-    runtime.done.resolve(job);
+    runtime.done?.resolve(job);
+    runtime.done = undefined;
     if (this.#isIdle()) this.#wakeIdleWaiters();
   }
 
@@ -846,6 +928,12 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #assertOpen(): void {
     if (this.#stopped) throw new QueueStoppedError();
   }
+}
+
+function pickCallbacks<J>(request: DownloadCallbacks<J>): DownloadCallbacks<J> {
+  const { onStart, onProgress, onComplete, onCancelled, onError } = request;
+  if (!onStart && !onProgress && !onComplete && !onCancelled && !onError) return NO_CALLBACKS;
+  return { onStart, onProgress, onComplete, onCancelled, onError };
 }
 
 function checkSource(source: string | URL): string {

@@ -230,6 +230,36 @@ describe("no double work", () => {
     assert.equal(await fileSha256(join(dir, "model.bin")), await route.sha256());
   });
 
+  test("one URL into two places at once: one transfer per place, later jobs attach to their own place", async (t) => {
+    const dir = await tempDir(t);
+    const [a, b] = [join(dir, "a"), join(dir, "b")];
+    const route = origin.route("/dup/two-places.bin", { size: 400_000, throttleBytesPerSec: 2_000_000 });
+    const queue = new DownloadQueue();
+    const calls: string[] = [];
+    const done = (job: { dest: string }) => calls.push(`done ${job.dest === a ? "a" : "b"}`);
+    const a1 = queue.download({ source: route.url, dest: `${a}/`, onComplete: done });
+    const b1 = queue.download({ source: route.url, dest: `${b}/`, onComplete: done });
+    const a2 = queue.download({ source: route.url, dest: `${a}/`, onComplete: () => calls.push("a2") });
+    const b2 = queue.download({ source: route.url, dest: `${b}/`, onComplete: done });
+    assert.deepEqual(await queue.waitForJob(b2), b2);
+    await queue.join();
+    assert.equal(await queue.waitForJob(a1), a1);
+    await queue.stop();
+    assert.equal(route.requests.length, 2);
+    assert.deepEqual(calls.sort(), ["a2", "done a", "done b", "done b"]);
+    for (const [job, folder] of [
+      [a1, a],
+      [a2, a],
+      [b1, b],
+      [b2, b],
+    ] as const) {
+      assert.equal(job.status, "completed");
+      assert.equal(job.downloadPath, join(folder, "two-places.bin"));
+    }
+    assert.equal(await fileSha256(join(a, "two-places.bin")), await route.sha256());
+    assert.equal(await fileSha256(join(b, "two-places.bin")), await route.sha256());
+  });
+
   test("a second queue writing the same file is stopped by the lock, never interleaving bytes", async (t) => {
     const dir = await tempDir(t);
     const route = origin.route("/dup/locked.bin", { size: 600_000, throttleBytesPerSec: 1_500_000 });
