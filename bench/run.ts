@@ -76,7 +76,7 @@ const nginxWorkloads: Workload[] = [
     title: `1 × ${size(data.big.size)} (nginx)`,
     ...files([data.big]),
     bytes: data.big.size,
-    tools: ["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"],
+    tools: ["lib", "libNoSync", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"],
     source: `${data.root}/${data.big.path}`,
   },
   {
@@ -84,7 +84,7 @@ const nginxWorkloads: Workload[] = [
     title: `${data.medium.length} × ${size(sizes.medium)} (nginx)`,
     ...files(data.medium),
     bytes: data.medium.reduce((a, f) => a + f.size, 0),
-    tools: ["lib", "cli", "curl", "aria2", "naive"],
+    tools: ["lib", "libNoSync", "cli", "curl", "aria2", "naive"],
   },
   {
     id: "small",

@@ -54,7 +54,11 @@ export const TOOLS = {
   },
   lib8: {
     label: "dlqueue (library, connectionsPerFile: 8)",
-    command: (job) => ["node", here("dlqueue-lib.mjs"), urlFile(job), job.dir, "8"],
+    command: (job) => ["node", here("dlqueue-lib.mjs"), urlFile(job), job.dir, "connectionsPerFile=8"],
+  },
+  libNoSync: {
+    label: "dlqueue (library, fsync: false)",
+    command: (job) => ["node", here("dlqueue-lib.mjs"), urlFile(job), job.dir, "fsync=false"],
   },
   cli: {
     label: "dlqueue CLI (get -j 5)",

@@ -58,6 +58,12 @@ export interface DownloadQueueOptions {
    * Counted per job: maxParallelDownloads still limits jobs, not connections.
    */
   connectionsPerFile?: number;
+  /**
+   * Flush files of 8 MiB or more to the disk before they are renamed into place, so a power cut or an OS crash
+   * cannot leave a file with holes at its final path (default true). Off, a download finishes as soon as the
+   * kernel has its bytes, as with curl and aria2; a killed process loses nothing either way.
+   */
+  fsync?: boolean;
   /** How often, at most, `onProgress` and `download_progress` fire per job (default 100 ms). */
   progressIntervalMs?: number;
   logger?: Logger;
@@ -233,6 +239,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       maxRetryDelayMs: options.maxRetryDelayMs ?? 60_000,
       maxRedirects: 10,
       connectionsPerFile: positiveInteger(options.connectionsPerFile ?? 1, "connectionsPerFile"),
+      fsync: options.fsync ?? true,
       userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
       logger: this.#logger,
       checkRedirect: options.checkRedirect,

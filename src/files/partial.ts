@@ -1,16 +1,13 @@
-import { once } from "node:events";
-import { createWriteStream, type WriteStream } from "node:fs";
-import { mkdir, open, readFile, rename, stat, statfs, truncate, unlink, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, readlink, rename, stat, statfs, symlink, unlink, writeFile } from "node:fs/promises";
 import { dirname } from "node:path";
 import { FileLockedError, fsError, InsufficientDiskSpaceError } from "../errors.js";
+import { PartialFile } from "./writer.js";
 
 /** Data streams into `<final>.downloading`; the final path only ever holds a complete file. */
 export const PARTIAL_SUFFIX = ".downloading";
 /** Beside the partial: what it was started from, so a resume can prove the server still has the same file. */
 const META_SUFFIX = ".downloading.json";
 const SPACE_CHECK_MIN_BYTES = 1024 * 1024;
-/** Fewer, larger writes: the disk keeps up with a fast link with less per-write overhead. */
-const WRITE_HIGH_WATER_MARK = 1024 * 1024;
 
 export interface Validators {
   source: string;
@@ -37,7 +34,7 @@ export function segmentsPathOf(partialPath: string): string {
 }
 
 /** unlink, not rm({ force }): Node 20's rm costs two extra lstat round trips per file. */
-async function removeIfPresent(path: string): Promise<void> {
+export async function removeIfPresent(path: string): Promise<void> {
   try {
     await unlink(path);
   } catch (err) {
@@ -47,6 +44,17 @@ async function removeIfPresent(path: string): Promise<void> {
 
 export function partialPathOf(finalPath: string): string {
   return finalPath + PARTIAL_SUFFIX;
+}
+
+let ownPartials = 0;
+
+/**
+ * A partial no other writer can share (`<final>.downloading-<pid>-<n>`), for a small file fetched whole: it needs no
+ * lock, and whichever writer renames last leaves a complete file. Removed by its writer whatever happens; only a
+ * killed process leaves one behind, and it is smaller than 64 KiB.
+ */
+export function ownPartialPathOf(finalPath: string): string {
+  return `${finalPath}${PARTIAL_SUFFIX}-${process.pid}-${++ownPartials}`;
 }
 
 /** Bytes already on disk for this final path (0 when there is no partial). */
@@ -83,31 +91,29 @@ export async function writeValidators(finalPath: string, validators: Validators)
 }
 
 /**
- * A stream that writes the partial from `offset` on (0 starts over), creating parent folders as needed. `durable`
- * flushes it to the disk before it closes, so a power cut cannot leave a renamed file with holes.
+ * Opens a partial for writing from `offset` on (0 starts over), creating parent folders as needed. `durable`
+ * flushes it to the disk as it goes and before it is renamed, so a power cut cannot leave a renamed file with holes.
  */
-export async function openPartial(finalPath: string, offset: number, durable: boolean): Promise<WriteStream> {
-  const path = partialPathOf(finalPath);
+export async function openPartial(path: string, offset: number, durable: boolean): Promise<PartialFile> {
   try {
     await makeFolder(dirname(path));
-    if (offset > 0) await truncate(path, offset);
-    const stream = createWriteStream(path, {
-      flags: offset > 0 ? "r+" : "w",
-      start: offset,
-      flush: durable,
-      highWaterMark: WRITE_HIGH_WATER_MARK,
-    });
-    await once(stream, "open");
-    return stream;
+    const handle = await open(path, offset > 0 ? "r+" : "w");
+    try {
+      if (offset > 0) await handle.truncate(offset);
+    } catch (err) {
+      await handle.close();
+      throw err;
+    }
+    return new PartialFile(handle, path, durable);
   } catch (err) {
     throw fsError(err, path);
   }
 }
 
 /** Moves a finished partial into place atomically and drops its sidecar, if it had one. */
-export async function commitPartial(finalPath: string, hasSidecar: boolean): Promise<void> {
+export async function commitPartial(partialPath: string, finalPath: string, hasSidecar: boolean): Promise<void> {
   try {
-    await rename(partialPathOf(finalPath), finalPath);
+    await rename(partialPath, finalPath);
   } catch (err) {
     throw fsError(err, finalPath);
   }
@@ -125,8 +131,13 @@ export async function discardPartial(finalPath: string): Promise<void> {
 
 /**
  * Claims the right to write this final path, across queues and processes: `<final>.downloading.lock` is created
- * exclusively and holds the owner's pid. A lock whose process is gone (killed, crashed) is taken over.
+ * exclusively and names the owner's pid. A lock whose process is gone (killed, crashed) is taken over.
  * Returns the release function.
+ *
+ * The lock is a symbolic link whose target is the pid: one system call to take it and one to release it, and no
+ * data block to allocate and free, where a lock file costs open, write, close and unlink. On this benchmark's
+ * ext4 that is the difference between ~1 ms and ~0.2 ms per file. Windows, where symbolic links need a privilege,
+ * gets a lock file.
  */
 export async function lockPartial(finalPath: string): Promise<() => Promise<void>> {
   const lockPath = `${finalPath}${PARTIAL_SUFFIX}.lock`;
@@ -137,18 +148,31 @@ export async function lockPartial(finalPath: string): Promise<() => Promise<void
   }
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      const handle = await open(lockPath, "wx");
-      await handle.writeFile(`${process.pid}\n`);
-      await handle.close();
+      await createLock(lockPath);
       return () => removeIfPresent(lockPath);
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw fsError(err, lockPath);
-      const owner = Number.parseInt(await readFile(lockPath, "utf8").catch(() => ""), 10);
-      if (isAlive(owner)) throw new FileLockedError(finalPath);
+      if (isAlive(await lockOwner(lockPath))) throw new FileLockedError(finalPath);
       await removeIfPresent(lockPath);
     }
   }
   throw new FileLockedError(finalPath);
+}
+
+async function createLock(lockPath: string): Promise<void> {
+  if (process.platform !== "win32") return symlink(String(process.pid), lockPath);
+  const handle = await open(lockPath, "wx");
+  try {
+    await handle.writeFile(`${process.pid}\n`);
+  } finally {
+    await handle.close();
+  }
+}
+
+/** The pid a lock names; NaN when it names none (then it is stale). */
+async function lockOwner(lockPath: string): Promise<number> {
+  const owner = await readlink(lockPath).catch(() => readFile(lockPath, "utf8").catch(() => ""));
+  return Number.parseInt(owner, 10);
 }
 
 function isAlive(pid: number): boolean {

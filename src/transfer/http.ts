@@ -1,11 +1,9 @@
 import { createHash, type Hash } from "node:crypto";
-import { once } from "node:events";
 import { createReadStream } from "node:fs";
 import { STATUS_CODES } from "node:http";
 import { join } from "node:path";
-import { finished } from "node:stream/promises";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Dispatcher, request } from "undici";
+import type { Dispatcher } from "undici";
 import {
   ChecksumMismatchError,
   classifyFailure,
@@ -24,13 +22,16 @@ import {
   ensureFreeSpace,
   lockPartial,
   openPartial,
+  ownPartialPathOf,
   partialPathOf,
   partialSize,
   readValidators,
+  removeIfPresent,
   type Validators,
   writeValidators,
 } from "../files/partial.js";
 import type { Logger } from "../logger.js";
+import { get, type Response } from "./request.js";
 import { header, ifRangeFor, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
 import { abandonSegments, downloadSegmented, RangeNotSupportedError, readSegmentState } from "./segments.js";
 
@@ -55,6 +56,8 @@ export interface TransferSettings {
   userAgent: string;
   /** Parallel range requests per large file (aria2's -x); 1 streams each file over one connection. */
   connectionsPerFile: number;
+  /** Flush large files to the disk before the rename (see DownloadQueueOptions.fsync). */
+  fsync: boolean;
   logger: Logger;
   /** Called before each redirect is followed; throwing refuses it (the service's SSRF guard). */
   checkRedirect?: (url: URL) => void | Promise<void>;
@@ -157,6 +160,10 @@ class Attempt {
   /** The caller's checksum, or one the server published (Hugging Face's X-Linked-Etag for LFS files). */
   #sha256: string | undefined;
   #unlock: (() => Promise<void>) | undefined;
+  /** Where the bytes go: the locked `.downloading` of the final path, or a small file's own partial. */
+  #partialPath: string | undefined;
+  /** A small file's own partial not yet renamed into place: removed when the transfer ends. */
+  #ownPartial: string | undefined;
   /** Cleared when the server turns out not to serve ranges properly. */
   #segmented: boolean;
 
@@ -173,6 +180,7 @@ class Attempt {
   }
 
   async release(): Promise<void> {
+    if (this.#ownPartial) await removeIfPresent(this.#ownPartial).catch(() => {});
     await this.#unlock?.();
     this.#unlock = undefined;
   }
@@ -180,6 +188,7 @@ class Attempt {
   /** One writer per final path: taken once the path is known, held across retries. */
   async #claim(path: string): Promise<void> {
     this.#unlock ??= await lockPartial(path);
+    this.#partialPath = partialPathOf(path);
   }
 
   async run(): Promise<TransferResult> {
@@ -202,8 +211,15 @@ class Attempt {
             this.req.dest,
             fileNameFor(this.req.source, header(response.headers, "content-disposition")),
           );
-          await this.#claim(this.downloadPath);
-          if (response.statusCode < 300 && (await partialSize(this.downloadPath)) > 0) continue;
+          const length = Number(header(response.headers, "content-length") ?? Number.NaN);
+          if (response.statusCode === 200 && length < RESUMABLE_MIN_BYTES) {
+            // Fetched whole, never resumed: no lock, no look for an earlier partial (see ownPartialPathOf).
+            this.#ownPartial = ownPartialPathOf(this.downloadPath);
+            this.#partialPath = this.#ownPartial;
+          } else {
+            await this.#claim(this.downloadPath);
+            if (response.statusCode < 300 && (await partialSize(this.downloadPath)) > 0) continue;
+          }
         }
         const finalPath = this.downloadPath as string;
         const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
@@ -213,48 +229,41 @@ class Attempt {
           continue;
         }
         if (plan.action === "complete") {
-          await discardBody(response);
-          return await this.#finish(
-            finalPath,
-            plan.totalBytes,
-            plan.totalBytes,
-            await this.#hashPrefix(finalPath, offset),
-            true,
-          );
+          await response.discard();
+          return await this.#finish(finalPath, plan.totalBytes, plan.totalBytes, await this.#hashPrefix(offset), true);
         }
         const start = plan.action === "append" ? offset : 0;
         if (this.#segmented && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
           const acceptsRanges = response.statusCode === 206 || header(response.headers, "accept-ranges") === "bytes";
           if (acceptsRanges) {
-            await discardBody(response);
+            await response.discard();
             return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes);
           }
         }
         return await this.#receive(response, url, finalPath, start, plan.totalBytes);
       } finally {
         // Whatever failed before the body was read (a size check, the disk) must still release the connection.
-        if (!response.body.destroyed && !response.body.readableEnded) await discardBody(response);
+        await response.discard();
       }
     }
     throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed; retrying.`);
   }
 
-  async #get(extra: Record<string, string>): Promise<{ response: Dispatcher.ResponseData; url: URL }> {
+  async #get(extra: Record<string, string>): Promise<{ response: Response; url: URL }> {
     let url = new URL(this.req.source);
     for (let hops = 0; ; hops++) {
       const headers = { ...this.#headersFor(url), ...extra };
-      const response = await request(url, {
+      const response = await get(url, {
         dispatcher: this.settings.dispatcher,
-        method: "GET",
         headers,
         signal: this.signal,
-        headersTimeout: this.settings.headersTimeoutMs,
-        bodyTimeout: this.settings.readTimeoutMs,
+        headersTimeoutMs: this.settings.headersTimeoutMs,
+        readTimeoutMs: this.settings.readTimeoutMs,
       });
       this.#sha256 ??= publishedSha256(url, response.headers);
       const location = header(response.headers, "location");
       if (!REDIRECTS.has(response.statusCode) || !location) return { response, url };
-      await discardBody(response);
+      await response.discard();
       if (hops >= this.settings.maxRedirects)
         throw new TooManyRedirectsError(this.req.source, this.settings.maxRedirects);
       const next = new URL(location, url);
@@ -265,7 +274,7 @@ class Attempt {
   }
 
   /** Tells the queue where the bytes go and how many there will be, once a response is accepted. */
-  #accepted(response: Dispatcher.ResponseData, finalPath: string, start: number, totalBytes: number | undefined): void {
+  #accepted(response: Response, finalPath: string, start: number, totalBytes: number | undefined): void {
     this.bytes = start;
     this.observer.onResponse({
       downloadPath: finalPath,
@@ -291,7 +300,7 @@ class Attempt {
   }
 
   async #receive(
-    response: Dispatcher.ResponseData,
+    response: Response,
     url: URL,
     finalPath: string,
     start: number,
@@ -310,25 +319,29 @@ class Attempt {
       const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
       await writeValidators(finalPath, validators);
     }
-    const hash = await this.#hashPrefix(finalPath, start);
+    const hash = await this.#hashPrefix(start);
     this.#accepted(response, finalPath, start, totalBytes);
 
-    const durable = (totalBytes ?? 0) - start >= FSYNC_MIN_BYTES;
-    const sink = await openPartial(finalPath, start, durable);
+    const durable = this.settings.fsync && (totalBytes ?? 0) - start >= FSYNC_MIN_BYTES;
+    const file = await openPartial(this.#partialPath as string, start, durable);
+    const writer = file.writer(start);
+    let complete = false;
     try {
-      for await (const chunk of response.body as AsyncIterable<Buffer>) {
+      await response.consume((chunk) => {
         this.bytes += chunk.length;
         if (expectedSize !== undefined && this.bytes > expectedSize) {
           throw new ResponseTooLargeError(url.href, expectedSize, this.bytes);
         }
         hash?.update(chunk);
-        if (!sink.write(chunk)) await once(sink, "drain");
         this.observer.onBytes(this.bytes);
-      }
+        return writer.write(chunk);
+      });
+      await writer.flush();
+      complete = totalBytes === undefined || this.bytes >= totalBytes;
     } finally {
-      // Ending (not destroying) the file stream keeps every byte received before a drop, for the next resume.
-      sink.end();
-      await finished(sink);
+      // Every byte received before a drop stays on disk for the next resume, unless the disk itself failed.
+      await writer.flush().catch(() => {});
+      await file.close(complete);
     }
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
@@ -341,7 +354,7 @@ class Attempt {
    * to serve ranges properly gets the whole job again over one stream.
    */
   async #receiveSegmented(
-    response: Dispatcher.ResponseData,
+    response: Response,
     url: URL,
     finalPath: string,
     start: number,
@@ -355,7 +368,7 @@ class Attempt {
     try {
       await downloadSegmented({
         url,
-        partialPath: partialPathOf(finalPath),
+        partialPath: this.#partialPath as string,
         totalBytes,
         connections: this.settings.connectionsPerFile,
         headers: { ...this.#headersFor(url), ...(ifRange ? { "if-range": ifRange } : {}) },
@@ -367,7 +380,7 @@ class Attempt {
         retryDelayMs: this.settings.retryDelayMs,
         maxRetryDelayMs: this.settings.maxRetryDelayMs,
         prefixBytes: start,
-        durable: totalBytes >= FSYNC_MIN_BYTES,
+        durable: this.settings.fsync && totalBytes >= FSYNC_MIN_BYTES,
         onBytes: (done) => {
           this.bytes = done;
           this.observer.onBytes(done);
@@ -382,7 +395,7 @@ class Attempt {
       return this.run();
     }
     // Segments arrive out of order, so the checksum needs one read of the finished file.
-    return this.#finish(finalPath, totalBytes, totalBytes, await this.#hashPrefix(finalPath, totalBytes), true);
+    return this.#finish(finalPath, totalBytes, totalBytes, await this.#hashPrefix(totalBytes), true);
   }
 
   async #finish(
@@ -402,16 +415,17 @@ class Attempt {
       const actual = hash.digest("hex");
       if (actual !== sha256.toLowerCase()) throw new ChecksumMismatchError(finalPath, sha256, actual);
     }
-    await commitPartial(finalPath, hasSidecar);
+    await commitPartial(this.#partialPath as string, finalPath, hasSidecar);
+    if (this.#partialPath === this.#ownPartial) this.#ownPartial = undefined;
     return { downloadPath: finalPath, bytes, totalBytes };
   }
 
   /** A resumed file is verified as a whole: the bytes from an earlier run are hashed before new ones arrive. */
-  async #hashPrefix(finalPath: string, length: number): Promise<Hash | undefined> {
+  async #hashPrefix(length: number): Promise<Hash | undefined> {
     if (!this.#sha256) return undefined;
     const hash = createHash("sha256");
     if (length > 0) {
-      const partial = createReadStream(partialPathOf(finalPath), { start: 0, end: length - 1 });
+      const partial = createReadStream(this.#partialPath as string, { start: 0, end: length - 1 });
       for await (const chunk of partial) hash.update(chunk as Buffer);
     }
     return hash;
@@ -424,24 +438,19 @@ const SHA256_ETAG = /^(?:W\/)?"?([0-9a-f]{64})"?$/i;
  * Hugging Face names the sha256 of LFS files: in X-Linked-Etag on its redirect, or as the ETag it serves itself.
  * Only its hosts are trusted to mean a sha256 by a 64-hex ETag; elsewhere it could be any hash.
  */
-function publishedSha256(url: URL, headers: Dispatcher.ResponseData["headers"]): string | undefined {
+function publishedSha256(url: URL, headers: Response["headers"]): string | undefined {
   const linked = SHA256_ETAG.exec(header(headers, "x-linked-etag") ?? "")?.[1];
   if (linked) return linked.toLowerCase();
   const onHuggingFace = /(^|\.)(huggingface\.co|hf\.co)$/.test(url.hostname);
   return onHuggingFace ? SHA256_ETAG.exec(header(headers, "etag") ?? "")?.[1]?.toLowerCase() : undefined;
 }
 
-/** Reads a small body to keep the connection reusable; a large one closes the socket instead. */
-async function discardBody(response: Dispatcher.ResponseData): Promise<void> {
-  await response.body.dump({ limit: 64 * 1024 }).catch(() => {});
-}
-
-function httpError(response: Dispatcher.ResponseData, url: URL): HttpError {
+function httpError(response: Response, url: URL): HttpError {
   const status = response.statusCode;
   return new HttpError(status, STATUS_CODES[status] ?? "Unknown", url.href, retryAfterMs(response));
 }
 
-function retryAfterMs(response: Dispatcher.ResponseData): number | undefined {
+function retryAfterMs(response: Response): number | undefined {
   const value = header(response.headers, "retry-after");
   if (!value) return undefined;
   const seconds = Number(value);

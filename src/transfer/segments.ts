@@ -13,9 +13,11 @@ import { type FileHandle, mkdir, open, readFile, rename, rm } from "node:fs/prom
 import { type IncomingHttpHeaders, STATUS_CODES } from "node:http";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
-import { type Dispatcher, request } from "undici";
+import type { Dispatcher } from "undici";
 import { classifyFailure, DlqError, fsError, HttpError, TransferInterruptedError } from "../errors.js";
 import { segmentsPathOf } from "../files/partial.js";
+import { PartialFile } from "../files/writer.js";
+import { get } from "./request.js";
 import { header, parseContentRange } from "./resume.js";
 
 const DEFAULT_MIN_SEGMENT_BYTES = 1024 * 1024;
@@ -195,6 +197,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
     await handle.close().catch(() => {});
     throw fsError(err, partialPath);
   }
+  const file = new PartialFile(handle, partialPath, opts.durable ?? false);
 
   const priorBytes = doneBytes({ done: prior });
   let doneTotal = priorBytes;
@@ -258,37 +261,39 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   const fetchOnce = async (seg: Segment): Promise<void> => {
     const from = seg.pos;
     const to = seg.end;
-    const response = await request(url, {
+    const response = await get(url, {
       dispatcher: opts.dispatcher,
-      method: "GET",
       headers: { ...requestHeaders, range: `bytes=${from}-${to - 1}` },
       signal: requestSignal,
-      headersTimeout: opts.headersTimeoutMs,
-      bodyTimeout: opts.readTimeoutMs,
+      headersTimeoutMs: opts.headersTimeoutMs,
+      readTimeoutMs: opts.readTimeoutMs,
     });
-    const body = response.body;
+    const writer = file.writer(from, (end, bytes) => {
+      seg.written = end;
+      doneTotal += bytes;
+      opts.onBytes(doneTotal);
+    });
     try {
       checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, validator);
-      for await (const chunk of body as AsyncIterable<Buffer>) {
+      await response.consume((chunk) => {
         // The segment may have shrunk since the request went out (work stealing): stop at its end.
         const n = Math.min(chunk.length, seg.end - seg.pos);
-        if (n <= 0) break;
-        const position = seg.pos;
-        seg.pos += n;
-        try {
-          await writeAt(handle, chunk, n, position);
-        } catch (err) {
-          seg.pos = seg.written;
-          throw fsError(err, partialPath);
+        if (n <= 0) {
+          response.cancel();
+          return undefined;
         }
-        seg.written = seg.pos;
-        doneTotal += n;
-        opts.onBytes(doneTotal);
+        seg.pos += n;
+        const wait = writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk);
         // A stolen tail is not read: the connection closes. Otherwise the body's end keeps the connection reusable.
-        if (seg.pos >= seg.end && seg.end < to) break;
-      }
+        if (seg.pos >= seg.end && seg.end < to) response.cancel();
+        return wait;
+      });
+      await writer.flush();
     } finally {
-      await release(body);
+      await response.discard();
+      await writer.flush().catch(() => {});
+      // Whatever did not reach the disk is fetched again.
+      seg.pos = seg.written;
     }
     if (seg.pos < seg.end) {
       throw new TransferInterruptedError(
@@ -349,11 +354,11 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   if (failure === undefined) {
     try {
       await tail;
-      if (opts.durable) await handle.datasync();
-      await handle.close();
     } catch (err) {
-      throw fsError(err, partialPath);
+      await file.close(false);
+      throw fsError(err, sidecar);
     }
+    await file.close(true);
     await rm(sidecar, { force: true });
     return;
   }
@@ -361,7 +366,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   // Failed or aborted: keep what is on disk for the next call, unless ranges cannot work here at all.
   const saved = save().catch(() => {});
   await saved;
-  await handle.close().catch(() => {});
+  await file.close(false).catch(() => {});
   if (signal.aborted) throw signal.reason;
   if (failure instanceof RangeNotSupportedError) {
     await abandonSegments(partialPath, failure.problem !== "changed");
@@ -441,24 +446,6 @@ function backoff(failures: number, opts: SegmentedOptions, retryAfterMs: number 
   if (retryAfterMs !== undefined) return Math.min(retryAfterMs, max);
   const exponential = Math.min(max, opts.retryDelayMs * 2 ** (failures - 1));
   return Math.round(exponential * (0.5 + Math.random() * 0.5));
-}
-
-/**
- * Lets go of a response body that was not read to its end: a small one (an error page) is read so the connection
- * can be reused; anything bigger (a stolen tail, a 200 with the whole file) closes the connection.
- */
-async function release(body: Dispatcher.ResponseData["body"]): Promise<void> {
-  if (body.readableEnded || body.destroyed) return;
-  await body.dump({ limit: 64 * 1024 }).catch(() => {});
-}
-
-/** One positional write of chunk[0, n) at `position`, however many pwrite calls it takes. */
-async function writeAt(handle: FileHandle, chunk: Buffer, n: number, position: number): Promise<void> {
-  let offset = 0;
-  while (offset < n) {
-    const { bytesWritten } = await handle.write(chunk, offset, n - offset, position + offset);
-    offset += bytesWritten;
-  }
 }
 
 async function writeAtomic(path: string, state: SegmentState): Promise<void> {
