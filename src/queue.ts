@@ -205,6 +205,11 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
    * by source, then by dest only when one source goes to several places: no composite key string per job.
    */
   readonly #leaders = new Map<string, JobRuntime | Map<string, JobRuntime>>();
+  /**
+   * Destinations seen to be folders: a thousand jobs into one folder need one stat, not one each. A folder removed
+   * later is created again by the next job into it, as one whose name ends in "/" would be.
+   */
+  readonly #knownFolders = new Set<string>();
   readonly #running = new Map<JobRuntime, Promise<void>>();
   #idleWaiters: (() => void)[] = [];
   readonly #store: JobStore;
@@ -597,6 +602,16 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (leader.started) this.#followStart(leader, runtime);
   }
 
+  async #isFolder(path: string): Promise<boolean> {
+    if (this.#knownFolders.has(path)) return true;
+    const isFolder = await stat(path).then(
+      (stats) => stats.isDirectory(),
+      () => false,
+    );
+    if (isFolder) this.#knownFolders.add(path);
+    return isFolder;
+  }
+
   #leaderOf({ source, dest }: DownloadJob): JobRuntime | undefined {
     const entry = this.#leaders.get(source);
     if (entry instanceof Map) return entry.get(dest);
@@ -686,7 +701,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         {
           source: job.source,
           dest: job.dest,
-          destIsDirectory: !runtime.exactPath && (runtime.destNamesFolder || (await isDirectory(job.dest))),
+          destIsDirectory: !runtime.exactPath && (runtime.destNamesFolder || (await this.#isFolder(job.dest))),
           downloadPath: job.downloadPath,
           accessToken: runtime.accessToken,
           headers: runtime.headers,
@@ -990,12 +1005,4 @@ function positiveInteger(value: number, name: string): number {
 function nonNegativeInteger(value: number, name: string): number {
   if (!Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${name} must be 0 or more.`);
   return value;
-}
-
-async function isDirectory(path: string): Promise<boolean> {
-  try {
-    return (await stat(path)).isDirectory();
-  } catch {
-    return false;
-  }
 }

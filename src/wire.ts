@@ -103,9 +103,11 @@ export function eventPayload<E extends QueueEventName>(event: E, job: DownloadJo
   }
 }
 
+/** A copy without the undefined fields; deleting them instead would turn every object into a slow dictionary. */
 function withoutUndefined<T extends object>(value: T): T {
-  for (const key of Object.keys(value) as (keyof T)[]) if (value[key] === undefined) delete value[key];
-  return value;
+  const copy = {} as T;
+  for (const key in value) if (value[key] !== undefined) copy[key] = value[key];
+  return copy;
 }
 
 /** The body of `POST /api/v1/download_queue/i/`, as InvokeAI's `download` route takes it. */

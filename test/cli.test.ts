@@ -312,6 +312,17 @@ describe("dlqueue get with stdout not a terminal", () => {
     assert.equal(stderr, "");
     await assertFile(join(dir, "q.bin"), route);
   });
+
+  it("-x 4 fetches a large file over several range requests; --no-fsync still leaves it whole", async () => {
+    const route = origin.route("/x/big.bin", { size: 9 * 1024 * 1024 });
+    const dir = freshDir();
+    const { code, stderr } = await runCli(["get", "--quiet", "-x", "4", "--no-fsync", "-d", dir, route.url]);
+    assert.equal(code, 0, stderr);
+    await assertFile(join(dir, "big.bin"), route);
+    const ranged = route.requests.filter((r) => /^bytes=\d+-\d+$/.test(String(r.headers.range)));
+    // Four segments to start with; work stealing may split one more off.
+    assert.ok(ranged.length >= 4, `${ranged.length} range requests, expected one per connection or more`);
+  });
 });
 
 describe("dlqueue get exit codes", () => {

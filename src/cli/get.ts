@@ -36,6 +36,9 @@ export interface GetOptions {
   header?: string[];
   sha256?: string;
   retries?: number;
+  connections?: number;
+  /** commander's `--no-fsync`: false when given. */
+  fsync?: boolean;
   json?: boolean;
   quiet?: boolean;
   /** A durable queue file: jobs a killed run left unfinished are resumed, and this run's jobs are recorded. */
@@ -105,6 +108,17 @@ Exit status:
   0 all downloads completed, 1 some failed, 2 bad usage,
   130 interrupted by Ctrl-C (143 by SIGTERM).`;
 
+const CONNECTIONS_OPTION = [
+  "-x, --connections <n>",
+  "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
+  integer(1),
+] as const;
+const NO_FSYNC_OPTION = [
+  "--no-fsync",
+  "do not flush large files to the disk before they are moved into place (faster; a power cut may then leave a " +
+    "damaged file)",
+] as const;
+
 export function addGetCommand(program: Command): Command {
   return program
     .command("get")
@@ -125,6 +139,8 @@ export function addGetCommand(program: Command): Command {
       "retries of an interrupted transfer, each resuming where it stopped (default: 5)",
       integer(0),
     )
+    .option(...CONNECTIONS_OPTION)
+    .option(...NO_FSYNC_OPTION)
     .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
     .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
     .option(
@@ -145,6 +161,8 @@ export function addResumeCommand(program: Command): Command {
     .option("--state <file>", "the state file (default: $XDG_STATE_HOME/dlqueue/queue.db)")
     .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
     .option("--retries <n>", "retries of an interrupted transfer (default: 5)", integer(0))
+    .option(...CONNECTIONS_OPTION)
+    .option(...NO_FSYNC_OPTION)
     .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
     .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
     .action(async (options: GetOptions, command: Command) => {
@@ -208,6 +226,8 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     queue = new DownloadQueue({
       maxParallelDownloads: options.maxParallel,
       retries: options.retries,
+      connectionsPerFile: options.connections,
+      fsync: options.fsync,
       tokens,
       logger,
       store: statePath,
