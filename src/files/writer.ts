@@ -1,7 +1,7 @@
 import type { FileHandle } from "node:fs/promises";
 import { fsError } from "../errors.js";
 
-/** Bytes a run may hold in memory before its reader has to wait for the disk. */
+/** Bytes the runs of one file may hold in memory before their readers have to wait for the disk. */
 const BACKLOG_BYTES = 4 * 1024 * 1024;
 /**
  * A durable file is flushed to the disk every this many bytes while it downloads, so the flush before the rename
@@ -15,6 +15,8 @@ const SYNC_EVERY_BYTES = 64 * 1024 * 1024;
  */
 export class PartialFile {
   #sinceSync = 0;
+  /** The last write queued: writes to one file go one after another (see `write`). */
+  #lane: Promise<unknown> = Promise.resolve();
   #syncing: Promise<void> | undefined;
   #syncError: unknown;
 
@@ -25,13 +27,26 @@ export class PartialFile {
     readonly durable: boolean,
   ) {}
 
-  /** A writer for bytes from `position` on; `onWritten` hears of each write the kernel has taken. */
-  writer(position: number, onWritten?: (end: number, bytes: number) => void): RunWriter {
-    return new RunWriter(this, position, onWritten);
+  /**
+   * A writer for bytes from `position` on; `onWritten` hears of each write the kernel has taken. `runs` writers
+   * at once share the file's backlog, so memory does not grow with the number of connections.
+   */
+  writer(position: number, onWritten?: (end: number, bytes: number) => void, runs = 1): RunWriter {
+    return new RunWriter(this, position, onWritten, Math.ceil(BACKLOG_BYTES / runs));
   }
 
-  /** Called by writers after each write; starts a background flush when enough bytes have piled up. */
-  wrote(bytes: number): void {
+  /**
+   * Writes `buffers` (`bytes` in all) at `position`. Writes of several runs (segments) take turns: the kernel
+   * serializes writes to one file anyway, and parallel ones only keep more threads busy waiting for its lock.
+   */
+  write(buffers: Buffer[], bytes: number, position: number): Promise<void> {
+    const done = this.#lane.then(() => writeAll(this.handle, buffers, bytes, position));
+    this.#lane = done.catch(() => {});
+    return done.then(() => this.#wrote(bytes));
+  }
+
+  /** Starts a background flush when enough bytes have piled up since the last. */
+  #wrote(bytes: number): void {
     if (!this.durable) return;
     this.#sinceSync += bytes;
     if (this.#syncing || this.#sinceSync < SYNC_EVERY_BYTES) return;
@@ -84,7 +99,8 @@ export class RunWriter {
   constructor(
     readonly file: PartialFile,
     position: number,
-    readonly onWritten?: (end: number, bytes: number) => void,
+    readonly onWritten: ((end: number, bytes: number) => void) | undefined,
+    readonly backlogBytes: number,
   ) {
     this.written = position;
     this.#next = position;
@@ -105,7 +121,7 @@ export class RunWriter {
     this.#queuedBytes += chunk.length;
     this.#next += chunk.length;
     this.#flushing ??= this.#drain();
-    if (this.#queuedBytes < BACKLOG_BYTES) return undefined;
+    if (this.#queuedBytes < this.backlogBytes) return undefined;
     if (!this.#drained) {
       let resolve!: () => void;
       let reject!: (err: unknown) => void;
@@ -133,9 +149,8 @@ export class RunWriter {
         this.#queue = [];
         this.#queuedBytes = 0;
         this.#wake();
-        await writeAll(this.file.handle, batch, bytes, position);
+        await this.file.write(batch, bytes, position);
         this.written = position + bytes;
-        this.file.wrote(bytes);
         this.onWritten?.(this.written, bytes);
       }
     } catch (err) {

@@ -170,40 +170,44 @@ export function get(url: URL, options: GetOptions): Promise<Response> {
     const onAbort = () => controller?.abort(signal.reason);
     signal.addEventListener("abort", onAbort, { once: true });
     const cleanUp = () => signal.removeEventListener("abort", onAbort);
-    options.dispatcher.dispatch(
-      {
-        origin: url.origin,
-        path: `${url.pathname}${url.search}`,
-        method: "GET",
-        headers: options.headers,
-        headersTimeout: options.headersTimeoutMs,
-        bodyTimeout: options.readTimeoutMs,
+    const handler: Dispatcher.DispatchHandler = {
+      onRequestStart(c) {
+        controller = c;
+        // Aborted between dispatch and the request being written: undici only now has something to abort.
+        if (signal.aborted) c.abort(signal.reason);
       },
-      {
-        onRequestStart(c) {
-          controller = c;
-          // Aborted between dispatch and the request being written: undici only now has something to abort.
-          if (signal.aborted) c.abort(signal.reason);
-        },
-        onResponseStart(c, statusCode, headers) {
-          response = new Response(statusCode, headers as IncomingHttpHeaders);
-          response.attach(c);
-          c.pause();
-          resolve(response);
-        },
-        onResponseData(_c, chunk) {
-          response?.data(chunk);
-        },
-        onResponseEnd() {
-          cleanUp();
-          response?.end();
-        },
-        onResponseError(_c, err) {
-          cleanUp();
-          if (response) response.fail(err);
-          else reject(err);
-        },
+      onResponseStart(c, statusCode, headers) {
+        response = new Response(statusCode, headers as IncomingHttpHeaders);
+        response.attach(c);
+        c.pause();
+        resolve(response);
       },
-    );
+      onResponseData(_c, chunk) {
+        response?.data(chunk);
+      },
+      onResponseEnd() {
+        cleanUp();
+        response?.end();
+      },
+      onResponseError(_c, err) {
+        cleanUp();
+        if (response) response.fail(err);
+        else reject(err);
+      },
+    };
+    const request: Dispatcher.DispatchOptions = {
+      origin: url.origin,
+      path: `${url.pathname}${url.search}`,
+      method: "GET",
+      headers: options.headers,
+      headersTimeout: options.headersTimeoutMs,
+      bodyTimeout: options.readTimeoutMs,
+    };
+    try {
+      options.dispatcher.dispatch(request, handler);
+    } catch (err) {
+      cleanUp();
+      reject(err);
+    }
   });
 }

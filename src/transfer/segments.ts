@@ -268,11 +268,15 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
       headersTimeoutMs: opts.headersTimeoutMs,
       readTimeoutMs: opts.readTimeoutMs,
     });
-    const writer = file.writer(from, (end, bytes) => {
-      seg.written = end;
-      doneTotal += bytes;
-      opts.onBytes(doneTotal);
-    });
+    const writer = file.writer(
+      from,
+      (end, bytes) => {
+        seg.written = end;
+        doneTotal += bytes;
+        opts.onBytes(doneTotal);
+      },
+      connections,
+    );
     try {
       checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, validator);
       await response.consume((chunk) => {
