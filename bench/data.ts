@@ -92,3 +92,28 @@ export async function ensureData(root: string, sizes: Sizes): Promise<DataSet> {
     small: rest.filter((f) => f.path.startsWith("small/")),
   };
 }
+
+/**
+ * A sparse file of zeros for the memory-at-scale run (20 GiB takes no disk space to serve and no time to create);
+ * its sha256 is computed once and kept beside it.
+ */
+export async function ensureSparse(root: string, name: string, size: number): Promise<DataFile> {
+  const file = join(root, name);
+  const manifest = `${file}.json`;
+  if (existsSync(manifest) && existsSync(file)) {
+    const known = JSON.parse(await readFile(manifest, "utf8")) as DataFile;
+    if (known.size === size) return known;
+  }
+  console.log(`creating sparse ${name} (${(size / 2 ** 30).toFixed(0)} GiB of zeros) and hashing it ...`);
+  await mkdir(root, { recursive: true });
+  const fh = await open(file, "w");
+  await fh.truncate(size);
+  await fh.close();
+  const hash = createHash("sha256");
+  const zeros = Buffer.alloc(4 * MiB);
+  for (let done = 0; done < size; done += zeros.length)
+    hash.update(zeros.subarray(0, Math.min(zeros.length, size - done)));
+  const entry: DataFile = { path: name, size, sha256: hash.digest("hex") };
+  await writeFile(manifest, JSON.stringify(entry));
+  return entry;
+}

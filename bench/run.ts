@@ -8,7 +8,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Bar, writeChart } from "./chart.js";
-import { ensureData, FULL, QUICK } from "./data.js";
+import { ensureData, ensureSparse, FULL, QUICK } from "./data.js";
 import { measure, type Outcome, type Sample, verify } from "./measure.js";
 import { ensureTools, startNginx } from "./nginx.js";
 import { DLQUEUE_DIST, REFERENCE, TOOLS, type ToolId } from "./tools.js";
@@ -26,6 +26,10 @@ interface Workload {
   bytes: number;
   tools: ToolId[];
   source?: string;
+  /** Fewer repetitions than the rest, for a workload that is about memory rather than time. */
+  reps?: number;
+  /** A sparse source needs no page cache warmed up. */
+  skipWarmUp?: boolean;
 }
 
 interface Row {
@@ -96,6 +100,20 @@ const nginxWorkloads: Workload[] = [
 ];
 const workloads = nginxWorkloads.filter((w) => want(w.id));
 
+// Memory must not grow with the file: the same clients on a file ten times the big one, once each.
+if (want("huge")) {
+  const huge = await ensureSparse(data.root, "huge.bin", args.quick ? 64 * MiB : 20 * 1024 * MiB);
+  workloads.push({
+    id: "huge",
+    title: `1 × ${size(huge.size)} of zeros, for memory (nginx, one repetition)`,
+    ...files([huge]),
+    bytes: huge.size,
+    tools: ["lib", "cli", "curl"],
+    reps: 1,
+    skipWarmUp: true,
+  });
+}
+
 if (want("throttled")) {
   if (existsSync(`${repo}/test/helpers/origin.ts`)) {
     origin = spawn("node", ["--import", "tsx", `${repo}/bench/origin-child.ts`, String(throttledSize)], {
@@ -147,16 +165,19 @@ try {
     const rows = w.tools.map((tool): Row => ({ tool, samples: [] }));
     results.set(w, rows);
     // An untimed pass first, so that whichever tool goes first does not pay for a cold server or page cache.
-    const warm = await runOnce(w, "curl");
-    console.log(`${w.id} warm-up (curl, untimed): ${warm.outcome.ok ? "ok" : warm.outcome.error}`);
-    for (let rep = 0; rep < reps; rep++) {
+    if (!w.skipWarmUp) {
+      const warm = await runOnce(w, "curl");
+      console.log(`${w.id} warm-up (curl, untimed): ${warm.outcome.ok ? "ok" : warm.outcome.error}`);
+    }
+    const repsHere = w.reps ?? reps;
+    for (let rep = 0; rep < repsHere; rep++) {
       // Rotating the order each repetition spreads drift over all tools.
       const order = rows.map((_, i) => rows[(i + rep) % rows.length] as Row);
       for (const row of order) {
         if (row.error) continue;
         const { command, outcome } = await runOnce(w, row.tool);
         row.command ??= command;
-        const tag = `${w.id} rep ${rep + 1}/${reps} ${row.tool}`;
+        const tag = `${w.id} rep ${rep + 1}/${repsHere} ${row.tool}`;
         if (!outcome.ok) {
           row.error = `rep ${rep + 1}: ${outcome.error}`;
           console.log(`${tag}: FAILED ${outcome.error}`);
@@ -225,6 +246,17 @@ for (const [w, rows] of results) {
   bars.push({ title: w.title, bars: panel });
 }
 
+// Memory must not grow with the number of queued jobs either: bench/queued.ts measures a queue holding them.
+let queued = "";
+if (want("queued")) {
+  const run = spawnSync("node", ["--import", "tsx", `${repo}/bench/queued.ts`, "--jobs", "0,1000,10000,100000"], {
+    cwd: repo,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  queued = `### A queue holding many waiting jobs (bench/queued.ts)\n\n${run.status === 0 ? run.stdout : `FAILED (exit ${run.status})`}`;
+}
+
 // dist/ is built from the working tree, which may be ahead of the last commit.
 const dlqueueVersion = [
   spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: repo, encoding: "utf8" }).stdout.trim(),
@@ -257,7 +289,8 @@ sha256 (a missing, extra or wrong file makes the run FAILED, never a number).
 ${machine.join("\n")}
 
 How to read it:
-- each workload starts with one untimed curl pass, so the first timed tool does not pay for a cold server or cache.
+- each workload but the sparse one starts with one untimed curl pass, so the first timed tool does not pay for a cold
+  server or cache.
 - wall: from spawn to exit of the client, seconds; MB/s = 10^6 bytes per wall second; medians over the repetitions.
 - CPU: user + sys of the client's whole process tree (GNU time); the server's CPU is not counted, but nginx and the test
   origin run on the same ${cpus().length} cores.
@@ -270,7 +303,7 @@ How to read it:
 - dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`.
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
 ${tables.join("\n\n")}
-`;
+${queued ? `\n${queued}` : ""}`;
 
 const fullRun = !args.quick && !args.only;
 const dest = fullRun ? `${repo}/bench` : out;
