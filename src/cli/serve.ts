@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
 import { DownloadQueue } from "../index.js";
-import { API_PREFIX, buildServer } from "../server/app.js";
+import { API_PREFIX } from "../server/routes.js";
 import { isLoopbackHost } from "../server/security.js";
 import { guardedDispatcher, redirectGuard } from "../server/ssrf.js";
 
@@ -91,8 +91,10 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
     await queue.stop();
     await dispatcher?.close();
   };
-  let app: Awaited<ReturnType<typeof buildServer>>;
+  let app: Awaited<ReturnType<typeof import("../server/app.js").buildServer>>;
   try {
+    // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
+    const { buildServer } = await import("../server/app.js");
     app = await buildServer({ queue, root, authToken, allowPrivateNetworks, cors: options.cors });
     await app.listen({ host: options.host, port: options.port });
   } catch (err) {

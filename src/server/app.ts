@@ -13,12 +13,11 @@ import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { DlqError, type DownloadQueue, defaultLogger, type Logger } from "../index.js";
 import { EventHub, type EventHubOptions } from "./events.js";
 import { prepareRoot } from "./paths.js";
-import { queueRoutes } from "./routes.js";
+import { API_PREFIX, queueRoutes } from "./routes.js";
 import { errorSchema, jobSchema, multiJobSchema } from "./schemas.js";
 import { installAccessControl } from "./security.js";
 import type { Resolver } from "./ssrf.js";
 
-export const API_PREFIX = "/api/v1/download_queue";
 const EVENTS_PATH = `${API_PREFIX}/events`;
 // Two levels up from both src/server/app.ts and dist/server/app.js.
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {

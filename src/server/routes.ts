@@ -1,6 +1,6 @@
 /**
  * InvokeAI's `download_queue` router (same paths, bodies and status codes), plus multi-file jobs, pause/resume and
- * the event stream. Mounted under /api/v1/download_queue.
+ * the event stream. Mounted under API_PREFIX.
  */
 import type { FastifyInstance } from "fastify";
 import type { DownloadQueue } from "../index.js";
@@ -24,6 +24,9 @@ import {
   notFound,
 } from "./schemas.js";
 import { type AddressPolicy, assertPublicUrl, parseSource } from "./ssrf.js";
+
+/** Where InvokeAI serves its download queue router. */
+export const API_PREFIX = "/api/v1/download_queue";
 
 export interface RouteOptions {
   queue: DownloadQueue;
