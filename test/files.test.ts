@@ -4,7 +4,8 @@ import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
-import { DownloadQueue, type DownloadRequest } from "../src/index.js";
+import { openPartial } from "../src/files/partial.js";
+import { DestinationError, DownloadQueue, type DownloadRequest } from "../src/index.js";
 import { fileSha256, listFiles, memoryLogger, smallTmpfs, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 
@@ -170,5 +171,69 @@ describe("destinations", () => {
     assert.equal(job.errorType, "DiskFull");
     assert.match(job.error ?? "", /is full; free some space/);
     assert.equal(existsSync(join(disk, "fills-the-disk.bin")), false);
+  });
+});
+
+describe("the partial writer", () => {
+  const MiB = 1024 * 1024;
+  const pattern = (seed: number, size: number) => Buffer.alloc(size, seed);
+
+  test("runs of one file land at their positions, whatever order their chunks come in", async (t) => {
+    const path = join(await tempDir(t), "runs.bin.downloading");
+    const file = await openPartial(path, 0, true);
+    const seen: Array<[number, number]> = [];
+    const runs = [0, 1, 2].map((i) => file.writer(i * 3 * MiB, (end, bytes) => seen.push([end, bytes]), 3));
+    const expected = Buffer.concat([0, 1, 2].flatMap((i) => [pattern(i + 1, 2 * MiB), pattern(i + 10, MiB)]));
+    for (let round = 0; round < 2; round++) {
+      for (const [i, run] of [...runs.entries()].reverse()) {
+        await run.write(round === 0 ? pattern(i + 1, 2 * MiB) : pattern(i + 10, MiB));
+      }
+    }
+    await Promise.all(runs.map((run) => run.flush()));
+    await file.close(true);
+    assert.deepEqual(await readFile(path), expected);
+    assert.deepEqual(
+      runs.map((run) => run.written),
+      [3 * MiB, 6 * MiB, 9 * MiB],
+    );
+    assert.equal(
+      seen.reduce((sum, [, bytes]) => sum + bytes, 0),
+      9 * MiB,
+    );
+  });
+
+  test("asks its reader to wait once 4 MiB are queued, and lets it go on when the disk has taken them", async (t) => {
+    const file = await openPartial(join(await tempDir(t), "backlog.bin.downloading"), 0, false);
+    const run = file.writer(0);
+    const waits: Array<Promise<void> | undefined> = [];
+    for (let i = 0; i < 80; i++) waits.push(run.write(pattern(i, 64 * 1024)));
+    assert.equal(waits.slice(0, 63).filter(Boolean).length, 0, "no wait below the backlog");
+    assert.ok(waits.at(-1) instanceof Promise, "a wait once the backlog is full");
+    await waits.at(-1);
+    await run.flush();
+    assert.equal(run.written, 80 * 64 * 1024);
+    await file.close(true);
+  });
+
+  test("a full disk fails the run with DLQ_ERR_DISK_FULL: flush rejects, later writes throw, written stays true", async (t) => {
+    const disk = await smallTmpfs(t, MiB);
+    if (!disk) {
+      t.skip("this machine does not allow mounting a tmpfs");
+      return;
+    }
+    const path = join(disk, "full.bin.downloading");
+    const file = await openPartial(path, 0, false);
+    const run = file.writer(0);
+    run.write(pattern(1, 512 * 1024));
+    await run.flush();
+    run.write(pattern(2, 2 * MiB));
+    await assert.rejects(
+      run.flush(),
+      (err: Error) => err instanceof DestinationError && err.code === "DLQ_ERR_DISK_FULL",
+    );
+    assert.throws(() => run.write(pattern(3, 1024)), DestinationError);
+    assert.equal(run.written, 512 * 1024, "the bytes that did reach the disk stay counted");
+    assert.equal(run.position, 512 * 1024, "the next byte goes where the disk stopped");
+    await file.close(false);
   });
 });

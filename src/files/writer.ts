@@ -15,8 +15,6 @@ const SYNC_EVERY_BYTES = 64 * 1024 * 1024;
  */
 export class PartialFile {
   #sinceSync = 0;
-  /** The last write queued: writes to one file go one after another (see `write`). */
-  #lane: Promise<unknown> = Promise.resolve();
   #syncing: Promise<void> | undefined;
   #syncError: unknown;
 
@@ -36,13 +34,12 @@ export class PartialFile {
   }
 
   /**
-   * Writes `buffers` (`bytes` in all) at `position`. Writes of several runs (segments) take turns: the kernel
-   * serializes writes to one file anyway, and parallel ones only keep more threads busy waiting for its lock.
+   * Writes `buffers` (`bytes` in all) at `position`. Runs (segments) write in parallel: making them take turns
+   * let one slow write stall every connection (8 connections on a 50 MB/s-per-connection server: 2.5 s instead
+   * of 1.9 s for 512 MiB).
    */
   write(buffers: Buffer[], bytes: number, position: number): Promise<void> {
-    const done = this.#lane.then(() => writeAll(this.handle, buffers, bytes, position));
-    this.#lane = done.catch(() => {});
-    return done.then(() => this.#wrote(bytes));
+    return writeAll(this.handle, buffers, bytes, position).then(() => this.#wrote(bytes));
   }
 
   /** Starts a background flush when enough bytes have piled up since the last. */
