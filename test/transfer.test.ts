@@ -171,6 +171,24 @@ describe("resume and retry", () => {
     assert.equal(await fileSha256(join(dest, "flaky.bin")), await route.sha256());
   });
 
+  test("an error page too big to read through closes its connection; small ones keep it for the retry", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/big-error.bin", {
+      size: 20_000,
+      faults: [
+        { kind: "status", status: 503, body: "x".repeat(2 * 1024 * 1024) },
+        { kind: "status", status: 503, body: "busy" },
+      ],
+    });
+    const { job } = await runOne({ source: route.url, dest });
+    assert.equal(job.status, "completed");
+    assert.equal(await fileSha256(join(dest, "big-error.bin")), await route.sha256());
+    const connections = route.requests.map((r) => r.connection);
+    assert.equal(connections.length, 3);
+    assert.notEqual(connections[1], connections[0], "the 2 MiB error page was not read: its connection was closed");
+    assert.equal(connections[2], connections[1], "the small error page was read to its end: its connection was reused");
+  });
+
   test("429 waits as long as Retry-After says", async (t) => {
     const dest = await tempDir(t);
     const route = origin.route("/ratelimited.bin", {

@@ -45,6 +45,8 @@ export interface RecordedRequest {
   path: string;
   headers: IncomingHttpHeaders;
   at: number;
+  /** Which connection carried it: numbered in the order the origin accepted them. */
+  connection: number;
 }
 
 export interface Route {
@@ -407,12 +409,26 @@ export async function startOrigin(): Promise<Origin> {
   const requests: RecordedRequest[] = [];
   let inFlight = 0;
   let maxConcurrent = 0;
+  const connectionIds = new WeakMap<Socket, number>();
+  let connections = 0;
 
   const server = createServer({ highWaterMark: 2 * CHUNK }, (req, res) => {
     const url = req.url ?? "/";
     const queryAt = url.indexOf("?");
     const path = queryAt === -1 ? url : url.slice(0, queryAt);
-    const record: RecordedRequest = { method: req.method ?? "GET", url, path, headers: req.headers, at: Date.now() };
+    let connection = connectionIds.get(req.socket);
+    if (connection === undefined) {
+      connection = ++connections;
+      connectionIds.set(req.socket, connection);
+    }
+    const record: RecordedRequest = {
+      method: req.method ?? "GET",
+      url,
+      path,
+      headers: req.headers,
+      at: Date.now(),
+      connection,
+    };
     requests.push(record);
     inFlight++;
     maxConcurrent = Math.max(maxConcurrent, inFlight);
