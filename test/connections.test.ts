@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { DownloadQueue } from "../src/index.js";
@@ -108,4 +109,26 @@ describe("connectionsPerFile through the queue", () => {
       assert.equal(await fileSha256(join(dest, `count-${i + 1}.bin`)), await route.sha256());
     }
   });
+
+  for (const connectionsPerFile of [1, 4]) {
+    test(`a preallocated partial whose ranges sidecar is gone is fetched again, never taken as whole (${connectionsPerFile} connection(s))`, async (t) => {
+      // What a power cut can leave: the segmented partial at full size (zeros where nothing landed) and its
+      // validators, but not the sidecar that said which ranges were on disk.
+      const dest = await tempDir(t);
+      const route = origin.route(`/conn/lost-sidecar-${connectionsPerFile}.bin`, { size: 9 * MiB, etag: '"v1"' });
+      const final = join(dest, "model.bin");
+      await writeFile(`${final}.downloading`, Buffer.alloc(9 * MiB));
+      await writeFile(
+        `${final}.downloading.json`,
+        JSON.stringify({ source: route.url, etag: '"v1"', totalBytes: 9 * MiB, segmented: true }),
+      );
+      const queue = new DownloadQueue({ connectionsPerFile, logger: memoryLogger().logger });
+      const job = queue.download({ source: route.url, dest: final });
+      await queue.waitForJob(job, { timeoutMs: 30_000 });
+      await queue.stop();
+      assert.equal(job.status, "completed", job.error);
+      assert.equal(await fileSha256(final), await route.sha256());
+      assert.equal(route.requests[0]?.headers.range, undefined, "the first request starts over, it does not resume");
+    });
+  }
 });

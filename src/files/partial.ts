@@ -14,6 +14,11 @@ export interface Validators {
   etag?: string;
   lastModified?: string;
   totalBytes?: number;
+  /**
+   * The partial was preallocated for segments: its size says nothing about what it holds, and without its ranges
+   * sidecar (lost in a power cut, say) it must not be taken for a prefix.
+   */
+  segmented?: boolean;
 }
 
 /**

@@ -203,7 +203,7 @@ class Attempt {
       if (segmentedPartial && !this.#segmented) await abandonSegments(partialPathOf(path));
       const offset = path && !(segmentedPartial && this.#segmented) ? await partialSize(path) : 0;
       const previous = path && offset > 0 ? await readValidators(path) : undefined;
-      const resumable = offset > 0 && previous?.source === this.req.source;
+      const resumable = offset > 0 && previous?.source === this.req.source && (segmentedPartial || !previous.segmented);
       const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : {});
       try {
         if (!path) {
@@ -362,7 +362,7 @@ class Attempt {
   ): Promise<TransferResult> {
     await ensureFreeSpace(finalPath, totalBytes - start);
     const validators = validatorsFrom(this.req.source, response.headers, totalBytes);
-    await writeValidators(finalPath, validators);
+    await writeValidators(finalPath, { ...validators, segmented: true });
     this.#accepted(response, finalPath, start, totalBytes);
     const ifRange = ifRangeFor(validators);
     try {

@@ -58,7 +58,10 @@ export interface SegmentedOptions {
   prefixBytes?: number;
   /** A segment is about to be retried (for the caller's log). */
   onRetry?(info: { error: Error; range: [number, number]; failures: number; delayMs: number }): void;
-  /** fdatasync the partial before resolving (worth it for large files, like the single stream's `flush`). */
+  /**
+   * Flush the partial to the disk as it goes and before resolving, and let the sidecar list only ranges that are on
+   * the disk (worth it for large files; the queue's `fsync` option).
+   */
   durable?: boolean;
 }
 
@@ -171,6 +174,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   delete requestHeaders.range;
   const validator = requestHeaders["if-range"] ?? null;
   const sidecar = segmentsPathOf(partialPath);
+  const durable = opts.durable ?? false;
 
   // What is already on disk.
   const previous = await readSegmentState(partialPath);
@@ -190,14 +194,17 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
       prior = [[0, Math.min(opts.prefixBytes, size, totalBytes)]];
       if (prior[0]?.[1] === 0) prior = [];
     }
-    // The sidecar is on disk before the file grows: a preallocated partial never exists without one.
-    await writeAtomic(sidecar, { version: 1, totalBytes, validator, done: prior });
+    // The sidecar is on disk before the file grows: a preallocated partial never exists without one. A durable
+    // download records only ranges that are on the disk, not just in the page cache, so a power cut cannot leave a
+    // sidecar that vouches for bytes that never landed.
+    if (durable && prior.length > 0) await handle.datasync();
+    await writeAtomic(sidecar, { version: 1, totalBytes, validator, done: prior }, durable);
     if (size !== totalBytes) await handle.truncate(totalBytes);
   } catch (err) {
     await handle.close().catch(() => {});
     throw fsError(err, partialPath);
   }
-  const file = new PartialFile(handle, partialPath, opts.durable ?? false);
+  const file = new PartialFile(handle, partialPath, durable);
 
   const priorBytes = doneBytes({ done: prior });
   let doneTotal = priorBytes;
@@ -235,7 +242,9 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
     const next = tail.then(async () => {
       queued = undefined;
       savedBytes = doneTotal;
-      await writeAtomic(sidecar, state());
+      const snapshot = state();
+      if (durable) await handle.datasync();
+      await writeAtomic(sidecar, snapshot, durable);
     });
     queued = next;
     tail = next.catch(() => {});
@@ -452,11 +461,12 @@ function backoff(failures: number, opts: SegmentedOptions, retryAfterMs: number 
   return Math.round(exponential * (0.5 + Math.random() * 0.5));
 }
 
-async function writeAtomic(path: string, state: SegmentState): Promise<void> {
+async function writeAtomic(path: string, state: SegmentState, durable: boolean): Promise<void> {
   const tmp = `${path}.tmp`;
   const file = await open(tmp, "w");
   try {
     await file.writeFile(JSON.stringify(state));
+    if (durable) await file.datasync();
   } finally {
     await file.close();
   }
