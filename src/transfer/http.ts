@@ -1,6 +1,5 @@
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream } from "node:fs";
-import { STATUS_CODES } from "node:http";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
@@ -33,6 +32,7 @@ import {
 import type { Logger } from "../logger.js";
 import { get, type Response } from "./request.js";
 import { header, ifRangeFor, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+import { backoff, httpError } from "./retry.js";
 import { abandonSegments, downloadSegmented, RangeNotSupportedError, readSegmentState } from "./segments.js";
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
@@ -145,13 +145,6 @@ function discardsPartial(error: Error): boolean {
   );
 }
 
-function backoff(failures: number, settings: TransferSettings, retryAfterMs: number | undefined): number {
-  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, settings.maxRetryDelayMs);
-  const exponential = Math.min(settings.maxRetryDelayMs, settings.retryDelayMs * 2 ** (failures - 1));
-  // Jitter keeps many jobs that failed together from hammering the server together again.
-  return Math.round(exponential * (0.5 + Math.random() * 0.5));
-}
-
 /** One job's attempts; remembers the resolved path and the bytes on disk across retries. */
 class Attempt {
   downloadPath: string | undefined;
@@ -223,7 +216,7 @@ class Attempt {
         }
         const finalPath = this.downloadPath as string;
         const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
-        if (!plan) throw httpError(response, url);
+        if (!plan) throw httpError(response.statusCode, response.headers, url.href);
         if (plan.action === "refetch") {
           await discardPartial(finalPath);
           continue;
@@ -443,18 +436,4 @@ function publishedSha256(url: URL, headers: Response["headers"]): string | undef
   if (linked) return linked.toLowerCase();
   const onHuggingFace = /(^|\.)(huggingface\.co|hf\.co)$/.test(url.hostname);
   return onHuggingFace ? SHA256_ETAG.exec(header(headers, "etag") ?? "")?.[1]?.toLowerCase() : undefined;
-}
-
-function httpError(response: Response, url: URL): HttpError {
-  const status = response.statusCode;
-  return new HttpError(status, STATUS_CODES[status] ?? "Unknown", url.href, retryAfterMs(response));
-}
-
-function retryAfterMs(response: Response): number | undefined {
-  const value = header(response.headers, "retry-after");
-  if (!value) return undefined;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
-  const date = Date.parse(value);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
 }

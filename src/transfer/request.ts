@@ -20,8 +20,8 @@ export type ChunkResult = Promise<void> | undefined;
  * so a caller can look at the headers, open a file, and only then let the bytes flow.
  *
  * Built on undici's dispatch API rather than `request()`: each chunk goes from the parser straight to the caller's
- * handler, with no Readable stream, no async iterator and no promise per chunk in between. On a 2 GiB download
- * that halves the CPU time of the body path (bench/results.md).
+ * handler, with no Readable stream, no async iterator and no promise per chunk in between (bench/profile.ts: 2 GiB
+ * in 3.6 s this way, 4.6 s through `request()`, a for-await loop and a WriteStream).
  */
 export class Response {
   #controller: Dispatcher.DispatchController | undefined;

@@ -10,7 +10,7 @@
 
 import { constants } from "node:fs";
 import { type FileHandle, mkdir, open, readFile, rename, rm } from "node:fs/promises";
-import { type IncomingHttpHeaders, STATUS_CODES } from "node:http";
+import type { IncomingHttpHeaders } from "node:http";
 import { dirname } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
@@ -19,6 +19,7 @@ import { segmentsPathOf } from "../files/partial.js";
 import { PartialFile } from "../files/writer.js";
 import { get } from "./request.js";
 import { header, parseContentRange } from "./resume.js";
+import { backoff, httpError } from "./retry.js";
 
 const DEFAULT_MIN_SEGMENT_BYTES = 1024 * 1024;
 const DEFAULT_MAX_RETRY_DELAY_MS = 30_000;
@@ -175,6 +176,10 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   const validator = requestHeaders["if-range"] ?? null;
   const sidecar = segmentsPathOf(partialPath);
   const durable = opts.durable ?? false;
+  const retryDelays = {
+    retryDelayMs: opts.retryDelayMs,
+    maxRetryDelayMs: opts.maxRetryDelayMs ?? DEFAULT_MAX_RETRY_DELAY_MS,
+  };
 
   // What is already on disk.
   const previous = await readSegmentState(partialPath);
@@ -328,7 +333,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
         if (!(error instanceof DlqError && error.retryable) || failures >= opts.retries) throw error;
         failures++;
         const retryAfter = error instanceof HttpError ? error.retryAfterMs : undefined;
-        const delayMs = backoff(failures, opts, retryAfter);
+        const delayMs = backoff(failures, retryDelays, retryAfter);
         opts.onRetry?.({ error, range: [seg.pos, seg.end], failures, delayMs });
         await sleep(delayMs, undefined, { signal: requestSignal }).catch(() => {
           throw requestSignal.reason;
@@ -442,23 +447,7 @@ function checkResponse(
   if (status === 416) {
     throw new RangeNotSupportedError(href, status, "changed", `bytes ${from}-${to - 1} are not satisfiable`);
   }
-  throw new HttpError(status, STATUS_CODES[status] ?? "Unknown", href, retryAfterMs(headers));
-}
-
-function retryAfterMs(headers: IncomingHttpHeaders): number | undefined {
-  const value = header(headers, "retry-after");
-  if (!value) return undefined;
-  const seconds = Number(value);
-  if (Number.isFinite(seconds)) return Math.max(0, seconds * 1000);
-  const date = Date.parse(value);
-  return Number.isNaN(date) ? undefined : Math.max(0, date - Date.now());
-}
-
-function backoff(failures: number, opts: SegmentedOptions, retryAfterMs: number | undefined): number {
-  const max = opts.maxRetryDelayMs ?? DEFAULT_MAX_RETRY_DELAY_MS;
-  if (retryAfterMs !== undefined) return Math.min(retryAfterMs, max);
-  const exponential = Math.min(max, opts.retryDelayMs * 2 ** (failures - 1));
-  return Math.round(exponential * (0.5 + Math.random() * 0.5));
+  throw httpError(status, headers, href);
 }
 
 async function writeAtomic(path: string, state: SegmentState, durable: boolean): Promise<void> {
