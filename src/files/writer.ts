@@ -42,6 +42,12 @@ export class PartialFile {
     return writeAll(this.handle, buffers, bytes, position).then(() => this.#wrote(bytes));
   }
 
+  /** Flushes what has been written so far to the disk; the next background flush counts from here. */
+  async sync(): Promise<void> {
+    this.#sinceSync = 0;
+    await this.handle.datasync();
+  }
+
   /** Starts a background flush when enough bytes have piled up since the last. */
   #wrote(bytes: number): void {
     if (!this.durable) return;
@@ -68,7 +74,7 @@ export class PartialFile {
       await this.#syncing;
       if (complete && this.durable) {
         if (this.#syncError) throw this.#syncError;
-        await this.handle.datasync();
+        await this.sync();
       }
     } catch (err) {
       throw fsError(err, this.path);

@@ -248,7 +248,8 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
       queued = undefined;
       savedBytes = doneTotal;
       const snapshot = state();
-      if (durable) await handle.datasync();
+      // One flush serves both: it also resets the file's own every-64-MiB background flush.
+      if (durable) await file.sync();
       await writeAtomic(sidecar, snapshot, durable);
     });
     queued = next;
