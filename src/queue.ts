@@ -75,6 +75,21 @@ export interface DownloadQueueOptions {
   store?: string | JobStore;
   /** Refuse a redirect by throwing (used by the REST service against SSRF). */
   checkRedirect?: (url: URL) => void | Promise<void>;
+  /**
+   * Bytes per second for all transfers of this queue together (default: unlimited). A job's own
+   * `maxBytesPerSecond` applies too: the lower wins.
+   */
+  maxBytesPerSecond?: number;
+  /**
+   * A proxy URL for every request (`http://user:pass@host:port`). Without it and without `dispatcher`, the proxy
+   * comes from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (and their lowercase forms).
+   */
+  proxy?: string;
+  /**
+   * Fetch a file again even when the final path already holds it complete (default false: a finished file whose
+   * sha256, or size and validators, still match is reported completed without transferring its body).
+   */
+  overwrite?: boolean;
 }
 
 export interface DownloadCallbacks<J> {
@@ -98,6 +113,10 @@ export interface DownloadRequest extends DownloadCallbacks<DownloadJob> {
   sha256?: string;
   /** Expected size in bytes; a response that is larger is stopped at once. */
   size?: number;
+  /** This job's own rate limit in bytes per second; the queue's applies too (the lower wins). */
+  maxBytesPerSecond?: number;
+  /** Fetch again even when the final path already holds the complete file (default: the queue's `overwrite`). */
+  overwrite?: boolean;
 }
 
 export interface RemoteFile {
@@ -114,6 +133,10 @@ export interface MultiFileDownloadRequest extends DownloadCallbacks<MultiFileDow
   priority?: number;
   accessToken?: string;
   headers?: Record<string, string>;
+  /** The job's rate limit in bytes per second, shared by its parts; the queue's applies too (the lower wins). */
+  maxBytesPerSecond?: number;
+  /** Fetch every part again even when its file is already complete (default: the queue's `overwrite`). */
+  overwrite?: boolean;
 }
 
 export type QueueEvents = { [E in QueueEventName]: [payload: QueueEventPayloads[E]] };
