@@ -499,6 +499,103 @@ describe("access control", () => {
     assert.equal((await service.call("GET", "/docs/json")).status, 200);
   });
 
+  test("no spelling of an API path gets past the token: encoded, doubled slashes, dot segments, case", async (t) => {
+    const service = await startService(t, { authToken: token });
+    const auth = { authorization: `Bearer ${token}` };
+    // Job 0 exists and is paused, so a request that got through would answer 2xx or change it.
+    const slow = origin.route("/spell/slow.bin", { size: 1024 * 1024, throttleBytesPerSec: 64 * 1024 });
+    const submitted = await service.call("POST", `${API}/i/`, { body: { source: slow.url, dest: "" }, headers: auth });
+    assert.equal(submitted.status, 200, submitted.text);
+    assert.equal((await service.call("POST", `${API}/i/0/pause`, { headers: auth })).status, 204);
+    await waitUntil(() => service.queue.idToJob(0).status === "paused", "job 0 to be paused");
+    const never = origin.route("/spell/never.bin", { size: 10 });
+
+    const routes: [string, string, unknown?][] = [
+      ["GET", "/"],
+      ["PATCH", "/"],
+      ["POST", "/i/", { source: never.url, dest: "" }],
+      ["GET", "/i/0"],
+      ["DELETE", "/i/0"],
+      ["DELETE", "/i"],
+      ["POST", "/i/0/pause"],
+      ["POST", "/i/0/resume"],
+      ["POST", "/multi/", { parts: [{ url: never.url, path: "a" }], dest: "" }],
+      ["GET", "/multi/"],
+      ["GET", "/events"],
+    ];
+    const spellings = (suffix: string): string[] => {
+      const flipped = suffix.endsWith("/") ? suffix.slice(0, -1) : `${suffix}/`;
+      return [
+        `/api/v1/download_queue${suffix}`,
+        `/api/v1/download_queue${flipped}`,
+        `/api/v1/download_queue${suffix}//`,
+        `/%61pi/v1/download_queue${suffix}`,
+        `/%61%70%69/v1/download_queue${suffix}`,
+        `/api/v1/download%5Fqueue${suffix}`,
+        `/api/v1/download%5fqueue${flipped}`,
+        `/api%2Fv1%2Fdownload_queue${suffix}`,
+        `/api/v1/download_queue${suffix.replace(/[a-z]/, (c) => `%${c.charCodeAt(0).toString(16)}`)}`,
+        `//api/v1//download_queue${suffix}`,
+        `/api//v1/download_queue${suffix}`,
+        `/x/../api/v1/download_queue${suffix}`,
+        `/api/./v1/download_queue${suffix}`,
+        `/api/v1/./download_queue/.${suffix}`,
+        `/api/v1/download_queue/x/..${suffix}`,
+        `/API/v1/download_queue${suffix}`,
+        `/Api/V1/Download_Queue${suffix.toUpperCase()}`,
+        // ?token= counts on the event stream only (tested below).
+        ...(suffix === "/events" ? [] : [`/api/v1/download_queue${suffix}?token=${token}`]),
+      ];
+    };
+    let tried = 0;
+    for (const [method, suffix, body] of routes) {
+      for (const path of spellings(suffix)) {
+        for (const headers of [{}, { authorization: "Bearer wrong" }, { authorization: token }] as Record<
+          string,
+          string
+        >[]) {
+          const reply = await service.raw(method, path, { body, headers });
+          tried++;
+          assert.ok(
+            reply.status === 401 || reply.status === 404,
+            `${method} ${path} ${JSON.stringify(headers)} answered ${reply.status}: ${reply.text.slice(0, 200)}`,
+          );
+        }
+      }
+    }
+    assert.ok(tried > 500);
+    assert.deepEqual(
+      service.queue.listJobs().map((job) => [job.id, job.status]),
+      [[0, "paused"]],
+    );
+    assert.equal(service.queue.listMultifileJobs().length, 0);
+    assert.equal(never.requests.length, 0);
+    // The same spellings that the router accepts do reach the API with the token: the refusals above are the guard's.
+    const encoded = await service.raw("GET", "/%61pi/v1/download_queue/i/0", { headers: auth });
+    assert.equal(encoded.status, 200, encoded.text);
+  });
+
+  test("the Bearer scheme is case-insensitive; ?token= works on /events and /events/ only", async (t) => {
+    const service = await startService(t, { authToken: token });
+    for (const scheme of ["Bearer", "bearer", "BEARER", "bEaReR"]) {
+      const reply = await service.call("GET", `${API}/`, { headers: { authorization: `${scheme} ${token}` } });
+      assert.equal(reply.status, 200, scheme);
+    }
+    for (const header of [`Basic ${token}`, `Bearer${token}`, `Bearer ${token} extra`, `${token}`, "Bearer "]) {
+      const reply = await service.call("GET", `${API}/`, { headers: { authorization: header } });
+      assert.equal(reply.status, 401, header);
+    }
+    for (const path of ["/events", "/events/"]) {
+      const reply = await service.raw("GET", `${API}${path}?token=${token}`);
+      assert.equal(reply.status, 200, path);
+      assert.match(String(reply.headers["content-type"]), /text\/event-stream/);
+      assert.equal((await service.raw("GET", `${API}${path}?token=nope`)).status, 401, path);
+    }
+    for (const path of ["/", "/multi/", "/i/0"]) {
+      assert.equal((await service.raw("GET", `${API}${path}?token=${token}`)).status, 401, path);
+    }
+  });
+
   test("the token comparison is exact, whatever the lengths", () => {
     assert.equal(tokenMatches(token, token), true);
     assert.equal(tokenMatches(`${token}x`, token), false);

@@ -15,10 +15,9 @@ import { EventHub, type EventHubOptions } from "./events.js";
 import { prepareRoot } from "./paths.js";
 import { API_PREFIX, queueRoutes } from "./routes.js";
 import { errorSchema, jobSchema, multiJobSchema } from "./schemas.js";
-import { installAccessControl } from "./security.js";
+import { installAccessControl, markRoutesPublic } from "./security.js";
 import type { Resolver } from "./ssrf.js";
 
-const EVENTS_PATH = `${API_PREFIX}/events`;
 // Two levels up from both src/server/app.ts and dist/server/app.js.
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
   version: string;
@@ -84,7 +83,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     }),
   );
 
-  installAccessControl(app, { authToken: options.authToken, cors: options.cors, eventsPath: EVENTS_PATH });
+  installAccessControl(app, { authToken: options.authToken, cors: options.cors });
 
   for (const schema of [jobSchema, multiJobSchema, errorSchema]) app.addSchema(schema);
   await app.register(fastifySwagger, {
@@ -98,7 +97,6 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     },
     refResolver: { buildLocalReference: (json, _baseUri, _fragment, i) => String(json.$id ?? `def-${i}`) },
   });
-  await app.register(fastifySwaggerUi, { routePrefix: "/docs" });
 
   const hub = new EventHub(options.queue, options.events);
   const streams = new Set<() => void>();
@@ -118,24 +116,29 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     },
   });
 
-  const webRoot = options.webRoot ?? findWebRoot();
-  if (webRoot) {
-    await app.register(fastifyStatic, {
-      root: webRoot,
-      wildcard: false,
-      setHeaders: (res) => {
-        res.setHeader("content-security-policy", PAGE_CSP);
-        res.setHeader("x-content-type-options", "nosniff");
-      },
-    });
-  } else {
-    app.get("/", { schema: { hide: true } }, async (_request, reply) =>
-      reply
-        .code(503)
-        .type("text/plain; charset=utf-8")
-        .send("The web page is not built: run `npm run build`. The API is under /api/v1/download_queue/."),
-    );
-  }
+  // Everything registered in this scope is open without the token: the page (which then asks for it) and the docs.
+  await app.register(async (open) => {
+    markRoutesPublic(open);
+    await open.register(fastifySwaggerUi, { routePrefix: "/docs" });
+    const webRoot = options.webRoot ?? findWebRoot();
+    if (webRoot) {
+      await open.register(fastifyStatic, {
+        root: webRoot,
+        wildcard: false,
+        setHeaders: (res) => {
+          res.setHeader("content-security-policy", PAGE_CSP);
+          res.setHeader("x-content-type-options", "nosniff");
+        },
+      });
+    } else {
+      open.get("/", { schema: { hide: true } }, async (_request, reply) =>
+        reply
+          .code(503)
+          .type("text/plain; charset=utf-8")
+          .send("The web page is not built: run `npm run build`. The API is under /api/v1/download_queue/."),
+      );
+    }
+  });
   return app;
 }
 

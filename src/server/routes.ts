@@ -231,6 +231,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         produces: ["text/event-stream"],
         response: { 200: { description: "An endless text/event-stream.", type: "string" } },
       },
+      config: { queryToken: true },
     },
     (request, reply) => {
       reply.hijack();

@@ -1,5 +1,6 @@
 /** A `dlqueue serve` app on a real socket, and a Server-Sent Events reader, for the service's tests. */
 import { realpath } from "node:fs/promises";
+import { request as httpRequest } from "node:http";
 import type { TestContext } from "node:test";
 import { type Dispatcher, request } from "undici";
 import { DownloadQueue, type DownloadQueueOptions } from "../../src/index.js";
@@ -17,6 +18,8 @@ export interface Service {
   /** Every response body and SSE byte the helpers below received, to search for what must never be sent. */
   received: string[];
   call(method: Dispatcher.HttpMethod, path: string, options?: CallOptions): Promise<Reply>;
+  /** Sends `path` exactly as written (no URL parsing: `%61`, `//`, `..` and `.` reach the server untouched). */
+  raw(method: string, path: string, options?: CallOptions): Promise<Reply>;
   close(): Promise<void>;
 }
 
@@ -67,6 +70,36 @@ export async function startService(t: TestContext, options: ServiceOptions = {})
     queue,
     received,
     close: () => close(),
+    raw(method, path, { body, rawBody, headers = {} } = {}) {
+      const payload = rawBody ?? (body === undefined ? undefined : JSON.stringify(body));
+      return new Promise<Reply>((resolve, reject) => {
+        const req = httpRequest(
+          {
+            host: "127.0.0.1",
+            port: new URL(base).port,
+            method,
+            path,
+            headers: body === undefined ? headers : { "content-type": "application/json", ...headers },
+          },
+          (res) => {
+            let text = "";
+            res.setEncoding("utf8");
+            res.on("data", (chunk: string) => {
+              text += chunk;
+            });
+            // An event stream never ends: its status and headers are all a test needs.
+            if (String(res.headers["content-type"]).startsWith("text/event-stream")) res.destroy();
+            res.on("error", reject);
+            res.on("close", () => {
+              received.push(text);
+              resolve({ status: res.statusCode ?? 0, headers: res.headers, text, json: parseJson(text) });
+            });
+          },
+        );
+        req.on("error", reject);
+        req.end(payload);
+      });
+    },
     async call(method, path, { body, rawBody, headers = {} } = {}) {
       const response = await request(`${base}${path}`, {
         method,
@@ -75,15 +108,17 @@ export async function startService(t: TestContext, options: ServiceOptions = {})
       });
       const text = await response.body.text();
       received.push(text);
-      let json: unknown;
-      try {
-        json = text ? JSON.parse(text) : undefined;
-      } catch {
-        json = undefined;
-      }
-      return { status: response.statusCode, headers: response.headers, text, json };
+      return { status: response.statusCode, headers: response.headers, text, json: parseJson(text) };
     },
   };
+}
+
+function parseJson(text: string): unknown {
+  try {
+    return text ? JSON.parse(text) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 export interface SseEvent {
