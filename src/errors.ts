@@ -1,3 +1,5 @@
+import { formatBytes } from "./units.js";
+
 /**
  * Every error dlqueue raises or records carries a stable `code` (like undici's `UND_ERR_*`) so callers can branch
  * on it, and an `errorType`: the short label InvokeAI puts in a job's `error_type` (e.g. `HTTPError(Not Found)`).
@@ -88,8 +90,8 @@ export class HttpError extends DlqError {
 function hintForStatus(status: number): string {
   if (status === 401 || status === 403) return ": the server refused access; pass an access token for this host.";
   if (status === 404 || status === 410) return ": check the URL.";
-  if (status === 429) return ": the server is rate-limiting; retrying later.";
-  if (status >= 500) return ": the server failed; retrying later may help.";
+  if (status === 429) return ": the server is rate-limiting; try again later.";
+  if (status >= 500) return ": the server failed; trying again later may help.";
   return ".";
 }
 
@@ -145,10 +147,19 @@ export class ChecksumMismatchError extends DlqError {
 }
 
 export class InsufficientDiskSpaceError extends DlqError {
-  constructor(dir: string, needed: number, available: number) {
+  /**
+   * `available` is what the filesystem reports free; `reserved` the part of it already promised to this queue's
+   * other running downloads on the same filesystem.
+   */
+  constructor(dir: string, needed: number, available: number, reserved = 0) {
+    const free = Math.max(0, available - reserved);
+    const promised =
+      reserved > 0
+        ? ` (of ${formatBytes(available)} free, ${formatBytes(reserved)} are for downloads already running)`
+        : "";
     super(
-      `Not enough free space in ${dir}: ${needed} bytes needed, ${available} available. Free some space and retry; ` +
-        "nothing was written.",
+      `Not enough free space in ${dir}: ${formatBytes(needed)} needed, ${formatBytes(free)} free${promised}. ` +
+        "Free some space and retry; nothing was written.",
       "DLQ_ERR_INSUFFICIENT_DISK_SPACE",
     );
   }
@@ -230,7 +241,7 @@ export function classifyFailure(err: unknown, path: string): Error {
   if (err instanceof DlqError) return err;
   const code = (err as { code?: string } | undefined)?.code;
   if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
-    return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message}); resuming.`, {
+    return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message})`, {
       cause: err,
     });
   }

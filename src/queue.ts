@@ -1,7 +1,7 @@
 import { EventEmitter } from "node:events";
 import { stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
-import { Agent, type Dispatcher } from "undici";
+import { type Dispatcher, EnvHttpProxyAgent, ProxyAgent } from "undici";
 import {
   DlqError,
   InvalidArgumentError,
@@ -12,13 +12,15 @@ import {
   UnsupportedSchemeError,
 } from "./errors.js";
 import { checkRelativePath } from "./files/names.js";
-import { discardPartial } from "./files/partial.js";
+import { discardPartial, partialsIn } from "./files/partial.js";
+import { SpaceLedger } from "./files/space.js";
 import { PriorityHeap } from "./heap.js";
 import { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 import { defaultLogger, type Logger, redact } from "./logger.js";
 import { SqliteJobStore } from "./store/sqlite.js";
 import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
 import { CREDENTIAL_HEADERS, type TransferSettings, transfer } from "./transfer/http.js";
+import { pacer, type RateLimiter, rateLimiter } from "./transfer/rate.js";
 import { eventPayload, type QueueEventName, type QueueEventPayloads } from "./wire.js";
 
 const VERSION = "0.1.0";
@@ -190,6 +192,10 @@ class JobRuntime {
     /** Multi-file parts always write to their exact path. */
     readonly exactPath: boolean,
     readonly parent: MultiRuntime | undefined,
+    /** This job's own rate limit (a multi-file part shares its parent's). */
+    readonly limiter: RateLimiter | undefined,
+    /** Fetch even when the final file is already complete; undefined: the queue's `overwrite`. */
+    readonly overwrite: boolean | undefined,
   ) {}
 
   /** For the heap. */
@@ -204,6 +210,15 @@ interface MultiRuntime {
   readonly parts: JobRuntime[];
   readonly done: Settled<MultiFileDownloadJob>;
   lastProgressAt: number;
+  readonly options: JobOptions;
+  /** The job's rate limit, shared by its parts. */
+  readonly limiter: RateLimiter | undefined;
+}
+
+/** What a job asked for besides where and what: kept in the store, so a restored job behaves the same. */
+interface JobOptions {
+  maxBytesPerSecond?: number;
+  overwrite?: boolean;
 }
 
 /**
@@ -215,7 +230,12 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #eventBus: EventBus | undefined;
   readonly #tokens: { pattern: RegExp; token: string }[];
   readonly #settings: TransferSettings;
-  readonly #ownDispatcher: Agent | undefined;
+  readonly #ownDispatcher: Dispatcher | undefined;
+  /** The queue's own rate limit, shared by all its transfers. */
+  readonly #limiter: RateLimiter | undefined;
+  readonly #overwrite: boolean;
+  /** Partials found in a destination folder (by source), read once per folder: see #downloadPathOf. */
+  readonly #partialsByFolder = new Map<string, Promise<Map<string, string>>>();
   readonly #progressIntervalMs: number;
   readonly #logger: Logger;
   readonly #jobs = new Map<number, JobRuntime>();
@@ -254,12 +274,11 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }));
     this.#logger = options.logger ?? defaultLogger;
     this.#progressIntervalMs = options.progressIntervalMs ?? 100;
-    const connectTimeoutMs = options.connectTimeoutMs ?? 30_000;
-    this.#ownDispatcher = options.dispatcher
-      ? undefined
-      : new Agent({ connect: { timeout: connectTimeoutMs }, connectTimeout: connectTimeoutMs });
+    this.#ownDispatcher = options.dispatcher ? undefined : ownDispatcher(options);
+    this.#limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
+    this.#overwrite = options.overwrite ?? false;
     this.#settings = {
-      dispatcher: options.dispatcher ?? (this.#ownDispatcher as Agent),
+      dispatcher: options.dispatcher ?? (this.#ownDispatcher as Dispatcher),
       headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
       readTimeoutMs: options.readTimeoutMs ?? 60_000,
       retries: nonNegativeInteger(options.retries ?? 5, "retries"),
@@ -270,6 +289,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       fsync: options.fsync ?? true,
       userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
       logger: this.#logger,
+      space: new SpaceLedger(),
       checkRedirect: options.checkRedirect,
     };
     this.#ownStore = typeof options.store === "string";
@@ -296,6 +316,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       ...checkExpectations(part),
     }));
     checkPriority(request.priority);
+    const limiter = rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
     const id = this.#store.nextId();
     const partRuntimes: JobRuntime[] = [];
     const roots = new Set(parts.map((part) => part.path.split("/")[0]));
@@ -307,6 +328,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       parts: partRuntimes,
       done: settled(),
       lastProgressAt: 0,
+      options: jobOptions(request),
+      limiter,
     };
     for (const part of parts) {
       const runtime = this.#submit(
@@ -318,6 +341,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
           headers: request.headers,
           sha256: part.sha256,
           size: part.size,
+          overwrite: request.overwrite,
         },
         { exactPath: true, parent: multi },
       );
@@ -456,6 +480,9 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     const dest = checkDest(request.dest);
     const priority = checkPriority(request.priority);
     const { sha256, size } = checkExpectations(request);
+    const limiter = placement.parent
+      ? placement.parent.limiter
+      : rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
     const job = new DownloadJob(this.#store.nextId(), source, this.#resolveDest(dest), priority, sha256, size);
     const runtime = this.#track(job, this.#callbacksOf(request), {
       headers: request.headers,
@@ -463,6 +490,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       destNamesFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
       exactPath: placement.exactPath,
       parent: placement.parent,
+      limiter,
+      overwrite: request.overwrite,
     });
     this.#schedule(runtime);
     return runtime;
@@ -472,7 +501,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #track(
     job: DownloadJob,
     callbacks: DownloadCallbacks<DownloadJob>,
-    how: Pick<JobRuntime, "headers" | "accessToken" | "destNamesFolder" | "exactPath" | "parent">,
+    how: Pick<
+      JobRuntime,
+      "headers" | "accessToken" | "destNamesFolder" | "exactPath" | "parent" | "limiter" | "overwrite"
+    >,
   ): JobRuntime {
     const runtime = new JobRuntime(
       job,
@@ -482,6 +514,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       how.destNamesFolder,
       how.exactPath,
       how.parent,
+      how.limiter,
+      how.overwrite,
     );
     this.#jobs.set(job.id, runtime);
     return runtime;
@@ -522,7 +556,16 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     for (const record of stored.filter((r) => r.kind === "multi")) {
       const job = new MultiFileDownloadJob(record.id, record.dest, record.downloadPath ?? record.dest, []);
       Object.assign(job, { status: record.status, errorType: record.errorType, error: record.error });
-      const multi: MultiRuntime = { job, callbacks: {}, parts: [], done: settled(), lastProgressAt: 0 };
+      const options = { maxBytesPerSecond: record.maxBytesPerSecond, overwrite: record.overwrite };
+      const multi: MultiRuntime = {
+        job,
+        callbacks: {},
+        parts: [],
+        done: settled(),
+        lastProgressAt: 0,
+        options,
+        limiter: rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond"),
+      };
       this.#multiJobs.set(record.id, multi);
     }
     for (const record of stored.filter((r) => r.kind === "file")) {
@@ -554,6 +597,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
           destNamesFolder: record.destIsFolder ?? false,
           exactPath: parent !== undefined,
           parent,
+          limiter: parent ? parent.limiter : rateLimiter(record.maxBytesPerSecond, "maxBytesPerSecond"),
+          overwrite: record.overwrite,
         },
       );
       if (parent) {
@@ -589,6 +634,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       sha256: job.sha256,
       size: job.size,
       headers: withoutCredentials(runtime.headers),
+      maxBytesPerSecond: runtime.parent ? undefined : runtime.limiter?.bytesPerSecond,
+      overwrite: runtime.overwrite,
     });
   }
 
@@ -605,6 +652,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       totalBytes: job.totalBytes,
       errorType: job.errorType,
       error: job.error,
+      ...multi.options,
     });
   }
 
@@ -623,6 +671,20 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     if (runtime.job.status !== DownloadJobStatus.Paused) this.#active.add(runtime);
     this.#persist(runtime);
     if (leader.started) this.#followStart(leader, runtime);
+  }
+
+  /**
+   * The final path of a partial an earlier run left in the job's folder for the same source (its sidecar names the
+   * source), so the resume asks for the missing bytes at once instead of first fetching the name from the server.
+   * Each folder is read once per queue; partials this queue writes later are known to their jobs already.
+   */
+  async #partialFor(job: DownloadJob): Promise<string | undefined> {
+    let found = this.#partialsByFolder.get(job.dest);
+    if (!found) {
+      found = partialsIn(job.dest);
+      this.#partialsByFolder.set(job.dest, found);
+    }
+    return (await found).get(job.source);
   }
 
   async #isFolder(path: string): Promise<boolean> {
@@ -720,16 +782,19 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       follower.job.jobStarted = job.jobStarted;
     }
     try {
+      const destIsDirectory = !runtime.exactPath && (runtime.destNamesFolder || (await this.#isFolder(job.dest)));
       const result = await transfer(
         {
           source: job.source,
           dest: job.dest,
-          destIsDirectory: !runtime.exactPath && (runtime.destNamesFolder || (await this.#isFolder(job.dest))),
-          downloadPath: job.downloadPath,
+          destIsDirectory,
+          downloadPath: job.downloadPath ?? (destIsDirectory ? await this.#partialFor(job) : undefined),
           accessToken: runtime.accessToken,
           headers: runtime.headers,
           expectedSize: job.size,
           sha256: job.sha256,
+          overwrite: runtime.overwrite ?? this.#overwrite,
+          pace: pacer([runtime.limiter, this.#limiter], controller.signal),
         },
         this.#settings,
         {
@@ -973,6 +1038,39 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #assertOpen(): void {
     if (this.#stopped) throw new QueueStoppedError();
   }
+}
+
+function jobOptions(request: JobOptions): JobOptions {
+  if (request.maxBytesPerSecond === undefined && request.overwrite === undefined) return {};
+  return { maxBytesPerSecond: request.maxBytesPerSecond, overwrite: request.overwrite };
+}
+
+/**
+ * The queue's own undici dispatcher: through `proxy` when given, else through the proxy the environment names
+ * (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lowercase forms), else direct. Every connection, to a proxy or to an
+ * origin, is bounded by connectTimeoutMs.
+ */
+function ownDispatcher(options: DownloadQueueOptions): Dispatcher {
+  const timeout = options.connectTimeoutMs ?? 30_000;
+  const connection = {
+    connect: { timeout },
+    connectTimeout: timeout,
+    proxyTls: { timeout },
+    requestTls: { timeout },
+  };
+  if (options.proxy === undefined) return new EnvHttpProxyAgent(connection);
+  let uri: URL;
+  try {
+    uri = new URL(options.proxy);
+  } catch {
+    throw new InvalidArgumentError(
+      "proxy must be a URL such as http://proxy.example:3128 (credentials as user:pass@).",
+    );
+  }
+  if (uri.protocol !== "http:" && uri.protocol !== "https:") {
+    throw new InvalidArgumentError(`proxy must be an http:// or https:// URL, not ${uri.protocol}//.`);
+  }
+  return new ProxyAgent({ ...connection, uri: uri.href });
 }
 
 function pickCallbacks<J>(request: DownloadCallbacks<J>): DownloadCallbacks<J> {

@@ -155,7 +155,7 @@ describe("destinations", () => {
     const job = await runOne({ source: route.url, dest: disk });
     assert.equal(job.status, "error");
     assert.equal(job.errorType, "InsufficientDiskSpace");
-    assert.match(job.error ?? "", /Not enough free space .* 3145728 bytes needed/);
+    assert.match(job.error ?? "", /Not enough free space .*: 3.15 MB needed, 1.0\d MB free/);
     assert.deepEqual(await listFiles(disk), []);
   });
 

@@ -167,7 +167,7 @@ describe("resume and retry", () => {
     const { job, log } = await runOne({ source: route.url, dest });
     assert.equal(job.status, "completed");
     assert.equal(route.requests.length, 4);
-    assert.equal(log.filter((line) => line.startsWith("warn: retrying")).length, 3);
+    assert.equal(log.filter((line) => line.startsWith("warn: retry ")).length, 3);
     assert.equal(await fileSha256(join(dest, "flaky.bin")), await route.sha256());
   });
 

@@ -1,13 +1,25 @@
-import { mkdir, open, readFile, readlink, rename, stat, statfs, symlink, unlink, writeFile } from "node:fs/promises";
-import { dirname } from "node:path";
-import { FileLockedError, fsError, InsufficientDiskSpaceError } from "../errors.js";
+import type { Stats } from "node:fs";
+import {
+  mkdir,
+  open,
+  readdir,
+  readFile,
+  readlink,
+  rename,
+  stat,
+  symlink,
+  unlink,
+  utimes,
+  writeFile,
+} from "node:fs/promises";
+import { dirname, join } from "node:path";
+import { FileLockedError, fsError } from "../errors.js";
 import { PartialFile } from "./writer.js";
 
 /** Data streams into `<final>.downloading`; the final path only ever holds a complete file. */
 export const PARTIAL_SUFFIX = ".downloading";
 /** Beside the partial: what it was started from, so a resume can prove the server still has the same file. */
 const META_SUFFIX = ".downloading.json";
-const SPACE_CHECK_MIN_BYTES = 1024 * 1024;
 
 export interface Validators {
   source: string;
@@ -82,6 +94,47 @@ export async function readValidators(finalPath: string): Promise<Validators | un
     // A missing or torn sidecar only means we cannot prove the partial is current: the caller restarts from zero.
     return undefined;
   }
+}
+
+/**
+ * The partials in `dir` by the source their sidecar names: a job into a folder whose file name comes from the
+ * server finds its partial from an earlier run without asking the server for the name first.
+ */
+export async function partialsIn(dir: string): Promise<Map<string, string>> {
+  const found = new Map<string, string>();
+  let names: string[];
+  try {
+    names = await readdir(dir);
+  } catch {
+    return found;
+  }
+  for (const name of names) {
+    if (!name.endsWith(META_SUFFIX)) continue;
+    const finalPath = join(dir, name.slice(0, -META_SUFFIX.length));
+    const validators = await readValidators(finalPath);
+    if (validators && !found.has(validators.source)) found.set(validators.source, finalPath);
+  }
+  return found;
+}
+
+/** The file at a final path, if one is there: a download finished earlier. */
+export async function finishedFile(finalPath: string): Promise<Stats | undefined> {
+  try {
+    const stats = await stat(finalPath);
+    return stats.isFile() ? stats : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
+ * Gives a finished file the server's Last-Modified as its modification time (as `wget -N` and `curl -R` do), so a
+ * later run can tell it is still the server's current version. A date the server did not give is left alone.
+ */
+export async function stampModified(finalPath: string, lastModified: string | undefined): Promise<void> {
+  const date = lastModified ? Date.parse(lastModified) : Number.NaN;
+  if (Number.isNaN(date)) return;
+  await utimes(finalPath, new Date(), new Date(date)).catch(() => {});
 }
 
 export async function writeValidators(finalPath: string, validators: Validators): Promise<void> {
@@ -187,23 +240,5 @@ function isAlive(pid: number): boolean {
     return true;
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === "EPERM";
-  }
-}
-
-/** Refuses to start a download the destination's filesystem cannot hold, before a byte is written. */
-export async function ensureFreeSpace(finalPath: string, needed: number): Promise<void> {
-  // Below this a full disk is cheap to meet mid-write (a clear DiskFull error); a statfs per small file is not.
-  if (needed < SPACE_CHECK_MIN_BYTES) return;
-  let dir = dirname(finalPath);
-  for (;;) {
-    try {
-      const fs = await statfs(dir);
-      const available = fs.bavail * fs.bsize;
-      if (needed > available) throw new InsufficientDiskSpaceError(dir, needed, available);
-      return;
-    } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "ENOENT" || dirname(dir) === dir) throw err;
-      dir = dirname(dir);
-    }
   }
 }

@@ -27,6 +27,10 @@ export interface StoredJob {
   headers?: Record<string, string>;
   etag?: string;
   lastModified?: string;
+  /** The job's own rate limit (a multi-file job's, for all its parts). */
+  maxBytesPerSecond?: number;
+  /** Fetch even when the final file is already complete. */
+  overwrite?: boolean;
 }
 
 /**

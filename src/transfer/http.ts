@@ -1,5 +1,5 @@
 import { createHash, type Hash } from "node:crypto";
-import { createReadStream } from "node:fs";
+import { createReadStream, type Stats } from "node:fs";
 import { join } from "node:path";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
@@ -18,7 +18,7 @@ import { fileNameFor } from "../files/names.js";
 import {
   commitPartial,
   discardPartial,
-  ensureFreeSpace,
+  finishedFile,
   lockPartial,
   openPartial,
   ownPartialPathOf,
@@ -26,10 +26,14 @@ import {
   partialSize,
   readValidators,
   removeIfPresent,
+  stampModified,
   type Validators,
   writeValidators,
 } from "../files/partial.js";
+import type { SpaceLedger } from "../files/space.js";
 import type { Logger } from "../logger.js";
+import { formatBytes } from "../units.js";
+import { both } from "./rate.js";
 import { get, type Response } from "./request.js";
 import { header, ifRangeFor, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
 import { backoff, httpError } from "./retry.js";
@@ -59,6 +63,8 @@ export interface TransferSettings {
   /** Flush large files to the disk before the rename (see DownloadQueueOptions.fsync). */
   fsync: boolean;
   logger: Logger;
+  /** Free space promised to the running transfers, so parallel jobs cannot overbook a disk together. */
+  space: SpaceLedger;
   /** Called before each redirect is followed; throwing refuses it (the service's SSRF guard). */
   checkRedirect?: (url: URL) => void | Promise<void>;
 }
@@ -75,6 +81,10 @@ export interface TransferRequest {
   headers?: Record<string, string>;
   expectedSize?: number;
   sha256?: string;
+  /** Fetch even when the final path already holds the complete file. */
+  overwrite?: boolean;
+  /** Paces reads (the rate limits): a promise holds the socket paused until the bytes read are paid for. */
+  pace?: (bytes: number) => Promise<void> | undefined;
 }
 
 export interface TransferObserver {
@@ -109,7 +119,6 @@ export async function transfer(
 }
 
 async function retrying(attempt: Attempt, settings: TransferSettings, signal: AbortSignal): Promise<TransferResult> {
-  const { req } = attempt;
   let failures = 0;
   for (;;) {
     const bytesBefore = attempt.bytes;
@@ -124,11 +133,11 @@ async function retrying(attempt: Attempt, settings: TransferSettings, signal: Ab
       if (attempt.bytes > bytesBefore) failures = 0;
       if (!(error instanceof DlqError && error.retryable) || failures >= settings.retries) {
         if (attempt.downloadPath && discardsPartial(error)) await discardPartial(attempt.downloadPath);
-        throw error;
+        throw error instanceof TransferInterruptedError ? attempt.gaveUp(error, failures) : error;
       }
       failures++;
       const delay = backoff(failures, settings, error instanceof HttpError ? error.retryAfterMs : undefined);
-      settings.logger.warn(`retrying ${req.source} in ${delay} ms (${failures}/${settings.retries}): ${error.message}`);
+      attempt.warnRetry(error, delay, failures);
       await sleep(delay, undefined, { signal }).catch(() => {
         throw signal.reason;
       });
@@ -159,6 +168,11 @@ class Attempt {
   #ownPartial: string | undefined;
   /** Cleared when the server turns out not to serve ranges properly. */
   #segmented: boolean;
+  /** Retries of this job so far, of the whole file or of a segment: warnings number them in order. */
+  #retried = 0;
+  /** The accepted response's Last-Modified: the finished file gets it as its modification time. */
+  #lastModified: string | undefined;
+  #releaseSpace: (() => void) | undefined;
 
   constructor(
     readonly req: TransferRequest,
@@ -173,9 +187,30 @@ class Attempt {
   }
 
   async release(): Promise<void> {
+    this.#releaseSpace?.();
     if (this.#ownPartial) await removeIfPresent(this.#ownPartial).catch(() => {});
     await this.#unlock?.();
     this.#unlock = undefined;
+  }
+
+  /** Logs a retry: one number per job that only grows, the rule of the budget, and the URL once. */
+  warnRetry(error: Error, delayMs: number, failures: number, range?: [number, number]): void {
+    this.#retried++;
+    const what = range ? `bytes ${range[0]}-${range[1]}: ${error.message}` : error.message;
+    this.settings.logger.warn(
+      `retry ${this.#retried} in ${(delayMs / 1000).toFixed(1)} s (${failures} of ${this.settings.retries} in a row ` +
+        `without progress): ${naming(this.req.source, what)}`,
+    );
+  }
+
+  /** The error a job ends with when it runs out of retries: it stopped, and what is on disk waits for a next run. */
+  gaveUp(error: TransferInterruptedError, failures: number): TransferInterruptedError {
+    const kept = this.bytes > 0 ? `; the ${formatBytes(this.bytes)} on disk are kept` : "";
+    return new TransferInterruptedError(
+      `${naming(this.req.source, error.message)}. Stopped after ${failures + 1} attempts in a row without progress` +
+        `${kept}: run the download again to resume.`,
+      { cause: error },
+    );
   }
 
   /** One writer per final path: taken once the path is known, held across retries. */
@@ -197,13 +232,30 @@ class Attempt {
       const offset = path && !(segmentedPartial && this.#segmented) ? await partialSize(path) : 0;
       const previous = path && offset > 0 ? await readValidators(path) : undefined;
       const resumable = offset > 0 && previous?.source === this.req.source && (segmentedPartial || !previous.segmented);
-      const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : {});
+      let finished = path && !resumable ? await this.#finishedFile(path) : undefined;
+      if (finished && path && this.req.sha256) {
+        // The caller's checksum decides without asking the server anything.
+        if ((await this.#hashPrefix(finished.size, path))?.digest("hex") === this.req.sha256) {
+          return this.#alreadyComplete(path, finished.size);
+        }
+        finished = undefined;
+      }
+      const conditional: Record<string, string> = finished
+        ? { "if-modified-since": new Date(finished.mtimeMs).toUTCString() }
+        : {};
+      const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : conditional);
       try {
         if (!path) {
           this.downloadPath = join(
             this.req.dest,
             fileNameFor(this.req.source, header(response.headers, "content-disposition")),
           );
+          finished = await this.#finishedFile(this.downloadPath);
+          if (finished && (await this.#isFinished(response, finished, this.downloadPath))) {
+            // Whatever of the body is already on its way is not read: the connection closes.
+            response.cancel();
+            return this.#alreadyComplete(this.downloadPath, finished.size);
+          }
           const length = Number(header(response.headers, "content-length") ?? Number.NaN);
           if (response.statusCode === 200 && length < RESUMABLE_MIN_BYTES) {
             // Fetched whole, never resumed: no lock, no look for an earlier partial (see ownPartialPathOf).
@@ -215,6 +267,10 @@ class Attempt {
           }
         }
         const finalPath = this.downloadPath as string;
+        if (path && finished && (response.statusCode === 304 || (await this.#isFinished(response, finished, path)))) {
+          response.cancel();
+          return this.#alreadyComplete(path, finished.size);
+        }
         const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
         if (!plan) throw httpError(response.statusCode, response.headers, url.href);
         if (plan.action === "refetch") {
@@ -222,6 +278,7 @@ class Attempt {
           continue;
         }
         if (plan.action === "complete") {
+          this.#lastModified = previous?.lastModified;
           await response.discard();
           return await this.#finish(finalPath, plan.totalBytes, plan.totalBytes, await this.#hashPrefix(offset), true);
         }
@@ -239,7 +296,48 @@ class Attempt {
         await response.discard();
       }
     }
-    throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed; retrying.`);
+    throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed`);
+  }
+
+  /** A complete file at the final path that may be skipped (never when the caller asked to overwrite). */
+  async #finishedFile(path: string): Promise<Stats | undefined> {
+    if (this.req.overwrite) return undefined;
+    const stats = await finishedFile(path);
+    if (!stats || (this.req.expectedSize !== undefined && stats.size !== this.req.expectedSize)) return undefined;
+    return stats;
+  }
+
+  /**
+   * Whether the file at the final path is the one this response would send: its sha256 when one is known, else
+   * its size and the Last-Modified it was stamped with when it was fetched (see stampModified).
+   */
+  async #isFinished(response: Response, finished: Stats, path: string): Promise<boolean> {
+    if (response.statusCode !== 200) return false;
+    const length = Number(header(response.headers, "content-length"));
+    if (length !== finished.size) return false;
+    if (this.#sha256) return (await this.#hashPrefix(finished.size, path))?.digest("hex") === this.#sha256;
+    const lastModified = Date.parse(header(response.headers, "last-modified") ?? "");
+    return !Number.isNaN(lastModified) && Math.floor(lastModified / 1000) === Math.floor(finished.mtimeMs / 1000);
+  }
+
+  /** Reports a file finished by an earlier run as this job's result, as if it had just been fetched. */
+  #alreadyComplete(path: string, size: number): TransferResult {
+    this.bytes = size;
+    this.observer.onResponse({ downloadPath: path, totalBytes: size, bytes: size });
+    this.settings.logger.info(`${path} is already complete; not fetched again.`);
+    return { downloadPath: path, bytes: size, totalBytes: size };
+  }
+
+  /** Promises the disk space the rest of the file needs, counting what the queue's other transfers still need. */
+  async #reserveSpace(finalPath: string, start: number, totalBytes: number): Promise<void> {
+    this.#releaseSpace?.();
+    this.#releaseSpace = undefined;
+    this.bytes = start;
+    this.#releaseSpace = await this.settings.space.reserve(
+      finalPath,
+      totalBytes - start,
+      () => totalBytes - this.bytes,
+    );
   }
 
   async #get(extra: Record<string, string>): Promise<{ response: Response; url: URL }> {
@@ -269,6 +367,7 @@ class Attempt {
   /** Tells the queue where the bytes go and how many there will be, once a response is accepted. */
   #accepted(response: Response, finalPath: string, start: number, totalBytes: number | undefined): void {
     this.bytes = start;
+    this.#lastModified = header(response.headers, "last-modified");
     this.observer.onResponse({
       downloadPath: finalPath,
       totalBytes,
@@ -305,7 +404,7 @@ class Attempt {
         ? new ResponseTooLargeError(url.href, expectedSize, totalBytes)
         : new SizeMismatchError(url.href, expectedSize, totalBytes);
     }
-    if (totalBytes !== undefined) await ensureFreeSpace(finalPath, totalBytes - start);
+    if (totalBytes !== undefined) await this.#reserveSpace(finalPath, start, totalBytes);
     // A small file is refetched whole rather than resumed; skipping its sidecar saves three file operations.
     const resumable = totalBytes === undefined || totalBytes >= RESUMABLE_MIN_BYTES;
     if (resumable) {
@@ -327,7 +426,7 @@ class Attempt {
         }
         hash?.update(chunk);
         this.observer.onBytes(this.bytes);
-        return writer.write(chunk);
+        return both(writer.write(chunk), this.req.pace?.(chunk.length));
       });
       await writer.flush();
       complete = totalBytes === undefined || this.bytes >= totalBytes;
@@ -337,7 +436,7 @@ class Attempt {
       await file.close(complete);
     }
     if (totalBytes !== undefined && this.bytes < totalBytes) {
-      throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes; resuming.`);
+      throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes`);
     }
     return this.#finish(finalPath, this.bytes, totalBytes ?? this.bytes, hash, resumable || start > 0);
   }
@@ -353,7 +452,7 @@ class Attempt {
     start: number,
     totalBytes: number,
   ): Promise<TransferResult> {
-    await ensureFreeSpace(finalPath, totalBytes - start);
+    await this.#reserveSpace(finalPath, start, totalBytes);
     const validators = validatorsFrom(this.req.source, response.headers, totalBytes);
     await writeValidators(finalPath, { ...validators, segmented: true });
     this.#accepted(response, finalPath, start, totalBytes);
@@ -373,13 +472,13 @@ class Attempt {
         retryDelayMs: this.settings.retryDelayMs,
         maxRetryDelayMs: this.settings.maxRetryDelayMs,
         prefixBytes: start,
+        pace: this.req.pace,
         durable: this.settings.fsync && totalBytes >= FSYNC_MIN_BYTES,
         onBytes: (done) => {
           this.bytes = done;
           this.observer.onBytes(done);
         },
-        onRetry: ({ error, range }) =>
-          this.settings.logger.warn(`retrying bytes ${range[0]}-${range[1]} of ${url.href}: ${error.message}`),
+        onRetry: ({ error, range, failures, delayMs }) => this.warnRetry(error, delayMs, failures, range),
       });
     } catch (err) {
       if (!(err instanceof RangeNotSupportedError) || this.signal.aborted) throw err;
@@ -409,20 +508,26 @@ class Attempt {
       if (actual !== sha256.toLowerCase()) throw new ChecksumMismatchError(finalPath, sha256, actual);
     }
     await commitPartial(this.#partialPath as string, finalPath, hasSidecar);
+    await stampModified(finalPath, this.#lastModified);
     if (this.#partialPath === this.#ownPartial) this.#ownPartial = undefined;
     return { downloadPath: finalPath, bytes, totalBytes };
   }
 
   /** A resumed file is verified as a whole: the bytes from an earlier run are hashed before new ones arrive. */
-  async #hashPrefix(length: number): Promise<Hash | undefined> {
+  async #hashPrefix(length: number, path = this.#partialPath as string): Promise<Hash | undefined> {
     if (!this.#sha256) return undefined;
     const hash = createHash("sha256");
     if (length > 0) {
-      const partial = createReadStream(this.#partialPath as string, { start: 0, end: length - 1 });
+      const partial = createReadStream(path, { start: 0, end: length - 1 });
       for await (const chunk of partial) hash.update(chunk as Buffer);
     }
     return hash;
   }
+}
+
+/** A message about a job's source names the URL once: as it is when it names one, else in front. */
+function naming(source: string, message: string): string {
+  return /https?:\/\//.test(message) ? message : `${source}: ${message}`;
 }
 
 const SHA256_ETAG = /^(?:W\/)?"?([0-9a-f]{64})"?$/i;

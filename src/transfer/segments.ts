@@ -17,6 +17,7 @@ import type { Dispatcher } from "undici";
 import { classifyFailure, DlqError, fsError, HttpError, TransferInterruptedError } from "../errors.js";
 import { segmentsPathOf } from "../files/partial.js";
 import { PartialFile } from "../files/writer.js";
+import { both } from "./rate.js";
 import { get } from "./request.js";
 import { header, parseContentRange } from "./resume.js";
 import { backoff, httpError } from "./retry.js";
@@ -57,6 +58,8 @@ export interface SegmentedOptions {
    * caller checked. Ignored whenever a sidecar exists: then the partial is preallocated and its size means nothing.
    */
   prefixBytes?: number;
+  /** Paces reads (the rate limits): a promise holds the socket paused until the bytes read are paid for. */
+  pace?: (bytes: number) => Promise<void> | undefined;
   /** A segment is about to be retried (for the caller's log). */
   onRetry?(info: { error: Error; range: [number, number]; failures: number; delayMs: number }): void;
   /**
@@ -302,7 +305,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
           return undefined;
         }
         seg.pos += n;
-        const wait = writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk);
+        const wait = both(writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk), opts.pace?.(n));
         // A stolen tail is not read: the connection closes. Otherwise the body's end keeps the connection reusable.
         if (seg.pos >= seg.end && seg.end < to) response.cancel();
         return wait;
@@ -315,9 +318,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
       seg.pos = seg.written;
     }
     if (seg.pos < seg.end) {
-      throw new TransferInterruptedError(
-        `${url.href} ended bytes ${from}-${to - 1} after ${seg.pos - from} bytes; resuming the segment.`,
-      );
+      throw new TransferInterruptedError(`${url.href} ended bytes ${from}-${to - 1} after ${seg.pos - from} bytes`);
     }
   };
 
@@ -368,7 +369,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   if (failure === undefined) {
     const missing = gaps(state().done, totalBytes);
     if (missing.length > 0)
-      failure = new TransferInterruptedError(`${url.href}: ranges ${JSON.stringify(missing)} are missing; resuming.`);
+      failure = new TransferInterruptedError(`${url.href}: ranges ${JSON.stringify(missing)} are missing`);
   }
   if (failure === undefined) {
     try {
