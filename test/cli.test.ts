@@ -267,7 +267,7 @@ describe("dlqueue get with stdout not a terminal", () => {
   it("prints JSON lines: started, progress, complete, then the job", async () => {
     const route = origin.route("/json/model.bin", { size: 500_000, throttleBytesPerSec: 1_500_000 });
     const dir = freshDir();
-    const { code, stdout, stderr } = await runCli(["get", "-d", dir, route.url]);
+    const { code, stdout, stderr } = await runCli(["get", "--json", "-d", dir, route.url]);
     assert.equal(code, 0, stderr);
     assert.equal(stderr, "", "no bars when stderr is not a terminal");
     const lines = parseJsonLines(stdout);
@@ -330,7 +330,7 @@ describe("dlqueue get exit codes", () => {
     const good = origin.route("/exit1/good.bin", { size: 50_000 });
     const missing = `${origin.url}/exit1/missing.bin`;
     const dir = freshDir();
-    const { code, stdout, stderr } = await runCli(["get", "-d", dir, good.url, missing]);
+    const { code, stdout, stderr } = await runCli(["get", "--json", "-d", dir, good.url, missing]);
     assert.equal(code, 1);
     assert.match(stderr, new RegExp(`error: HTTPError\\(Not Found\\) ${missing}\\n  .*answered HTTP 404`));
     assert.match(stderr, /1 of 2 downloads failed\./);
@@ -347,7 +347,7 @@ describe("dlqueue get exit codes", () => {
     const route = origin.route("/usage/never.bin", { size: 1000 });
     const badList = join(dir, "list.txt");
     writeFileSync(badList, `${route.url}\n  out=x.bin\n`);
-    const cases: [string[], RegExp][] = [
+    const cases: [string[], RegExp, string?][] = [
       [["get"], /error: no URL given: pass one or more URLs, or --input-file FILE/],
       [["get", "--bogus", route.url], /error: unknown option '--bogus'/],
       [["get", "-d", dir, route.url, "not a url"], /Invalid URL "not a url": give an absolute http:\/\/ or https:\/\//],
@@ -355,9 +355,17 @@ describe("dlqueue get exit codes", () => {
       [["get", "-i", join(dir, "absent.txt")], /cannot read the input file .*absent\.txt: ENOENT/],
       [
         ["get", "-d", dir, "-i", badList],
-        /list\.txt:2: unknown option "out"; the options are dest=, sha256= and priority=/,
+        /list\.txt:2: unknown option "out"; the options are dest=, sha256=, priority= and limit-rate=/,
       ],
-      [["get", "-d", join(dir, "one.bin"), route.url, `${route.url}?v=2`], /would both be written to .*one\.bin/],
+      [
+        ["get", "-o", join(dir, "one.bin"), route.url, `${route.url}?v=2`],
+        /-o names the file of one URL, and 2 were given; use -d DIR for several/,
+      ],
+      [
+        ["get", "-d", dir, "-i", "-"],
+        /would both be written to .*one\.bin/,
+        `${route.url} dest=one.bin\n${route.url}?v=2 dest=one.bin\n`,
+      ],
       [
         ["get", "-j", "0", route.url],
         /option '-j, --max-parallel <n>' argument '0' is invalid\. Give a whole number of at least 1/,
@@ -366,8 +374,8 @@ describe("dlqueue get exit codes", () => {
       [["get", "--header", "no colon here", route.url], /--header #1 is not of the form "Name: value"/],
       [["frobnicate"], /unknown command 'frobnicate'/],
     ];
-    for (const [args, message] of cases) {
-      const { code, stdout, stderr } = await runCli(args);
+    for (const [args, message, stdin] of cases) {
+      const { code, stdout, stderr } = await runCli(args, { stdin });
       assert.equal(code, 2, `${args.join(" ")}: ${stderr}`);
       assert.match(stderr, message, args.join(" "));
       assert.equal(stdout, "", args.join(" "));
@@ -389,7 +397,7 @@ describe("dlqueue get interrupted and run again", () => {
   it("Ctrl-C exits 130 keeping the partial; the same command resumes it with a Range request", async () => {
     const route = origin.route("/resume/big.bin", { size: 2_000_000, throttleBytesPerSec: 500_000 });
     const dir = freshDir();
-    const args = ["get", "-d", dir, route.url];
+    const args = ["get", "--json", "-d", dir, route.url];
     const first = new CliRun(args);
     await first.waitForEvent((line) => line.event === "download_progress" && (line.current_bytes as number) >= 200_000);
     first.child.kill("SIGINT");
@@ -427,13 +435,13 @@ describe("dlqueue get --state, killed, then dlqueue resume", () => {
     const waiting = origin.route("/state/next.bin", { size: 50_000 });
     const dir = freshDir();
     const state = join(dir, "state", "queue.db");
-    const first = new CliRun(["get", "-j", "1", "--state", state, "-d", `${dir}/`, big.url, waiting.url]);
+    const first = new CliRun(["get", "--json", "-j", "1", "--state", state, "-d", dir, big.url, waiting.url]);
     await first.waitForEvent((line) => line.event === "download_progress" && (line.current_bytes as number) >= 300_000);
     first.child.kill("SIGKILL");
     await first.exited;
     assert.equal(waiting.requests.length, 0);
 
-    const resumed = await runCli(["resume", "--state", state]);
+    const resumed = await runCli(["resume", "--json", "--state", state]);
     assert.equal(resumed.code, 0, resumed.stderr);
     const lines = parseJsonLines(resumed.stdout);
     assert.equal(jobLine(lines, big.url).status, "completed");
@@ -472,7 +480,7 @@ describe("dlqueue get --input-file", () => {
         "",
       ].join("\r\n"),
     );
-    const { code, stdout, stderr } = await runCli(["get", "-j", "1", "-d", base, "-i", list]);
+    const { code, stdout, stderr } = await runCli(["get", "--json", "-j", "1", "-d", base, "-i", list]);
     assert.equal(code, 1, stderr);
     await assertFile(join(base, "sub/first.bin"), one);
     await assertFile(join(base, "with space/two.bin"), two);
@@ -506,7 +514,7 @@ describe("dlqueue get --input-file", () => {
       ["https://h/a\n\n  out=x\n", /^l:3: unknown option "out"/],
       ["https://h/a https://mirror/a\n", /^l:1: expected key=value after the URL/],
       ["https://h/a sha256=12\n", /^l:1: sha256= must be 64 hexadecimal characters/],
-      ["https://h/a priority=high\n", /^l:1: priority= must be an integer/],
+      ["https://h/a priority=high\n", /^l:1: priority=: Give a whole number, not "high"/],
       ["https://h/a dest=x\n dest=y\n", /^l:2: dest= is given twice/],
     ];
     for (const [text, message] of mistakes) {
@@ -524,7 +532,7 @@ describe("dlqueue get --sha256", () => {
     const dir = freshDir();
     const path = join(dir, "checked.bin");
     const wrong = "f".repeat(64);
-    const bad = await runCli(["get", "--sha256", wrong, "-d", dir, route.url]);
+    const bad = await runCli(["get", "--json", "--sha256", wrong, "-d", dir, route.url]);
     assert.equal(bad.code, 1);
     assert.match(
       bad.stderr,

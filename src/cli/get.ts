@@ -1,7 +1,7 @@
 /** `dlqueue get`: download URLs with live bars, resumable on Ctrl-C, scriptable through JSON lines. */
-import { mkdirSync, statSync } from "node:fs";
+import { existsSync, mkdirSync, statSync } from "node:fs";
 import { constants, homedir } from "node:os";
-import { basename, dirname, isAbsolute, join, resolve, sep } from "node:path";
+import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { debuglog } from "node:util";
 import { type Command, InvalidArgumentError } from "commander";
 import {
@@ -14,13 +14,18 @@ import {
   type TokenRule,
 } from "../index.js";
 import { INPUT_FILE_HELP, InputFileError, parseInputFile, readInputFile } from "./input-file.js";
+import { NumberSyntaxError, parseNumber, parseRate } from "./numbers.js";
 import {
   type BoardLine,
   ConsoleProgress,
+  displayWidth,
+  fileName,
+  fitWidth,
   formatBytes,
   formatDuration,
   formatLine,
   formatSpeed,
+  PlainProgress,
   printAbove,
   SpeedMeter,
   showLine,
@@ -28,7 +33,10 @@ import {
 } from "./progress.js";
 
 export interface GetOptions {
+  /** Always a folder: the arguments' files go into it, and input-file dest= paths are relative to it. */
   dest?: string;
+  /** For one URL: the exact file to write (relative to dest when given). */
+  output?: string;
   maxParallel?: number;
   priority?: number;
   inputFile?: string;
@@ -39,10 +47,20 @@ export interface GetOptions {
   connections?: number;
   /** commander's `--no-fsync`: false when given. */
   fsync?: boolean;
+  /** Bytes per second for all downloads together. */
+  limitRate?: number;
+  proxy?: string;
+  /** Seconds for a connection, for response headers, and for a body that sends nothing. */
+  timeout?: number;
+  /** Seconds before the first retry. */
+  retryDelay?: number;
+  overwrite?: boolean;
   json?: boolean;
   quiet?: boolean;
   /** A durable queue file: jobs a killed run left unfinished are resumed, and this run's jobs are recorded. */
-  state?: string | true;
+  state?: string;
+  /** `--default-state`: the state file at defaultStatePath(). */
+  defaultState?: boolean;
   /** `dlqueue resume`: no new URLs, only what the state file holds. */
   resumeOnly?: boolean;
 }
@@ -74,8 +92,23 @@ function hostPattern(host: string): RegExp {
   return new RegExp(`^https?://([^/?#@]*\\.)?${host.replaceAll(".", "\\.")}(:\\d+)?([/?#]|$)`, "i");
 }
 
+const DEFAULT_STATE_HELP = "$XDG_STATE_HOME/dlqueue/queue.db";
+
 const HELP = `
 ${INPUT_FILE_HELP}
+
+Where files go:
+  -d DIR is always a folder (created if missing); each file takes the name
+  the server gives it, else the URL's. -o FILE writes the one URL to exactly
+  FILE (relative to -d when both are given). A file already complete at its
+  path is not fetched again and counts as completed; --overwrite fetches it.
+
+Network:
+  --limit-rate takes bytes per second, or k, M, G as wget and curl count them
+  (1024-based: 500k is 512,000 B/s, 2M is 2,097,152 B/s; 1.5MB is accepted).
+  Without --proxy, HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lowercase
+  forms) are honoured. --timeout bounds connecting, waiting for the response
+  headers, and a body that stops sending; each is then retried.
 
 Access tokens:
   HF_TOKEN       sent to huggingface.co and its subdomains
@@ -87,8 +120,10 @@ Access tokens:
 
 Output:
   On a terminal: a bar per running download and a total line on stderr, then
-  a summary table on stdout. With --json, or when stdout is not a terminal,
-  stdout carries one JSON object per line instead (unless --quiet):
+  a summary table on stdout. When stdout is not a terminal (a log file, CI,
+  docker build): plain lines on stdout as each download starts, passes each
+  tenth (or every 30 s) and ends, then the table. With --json, stdout carries
+  one JSON object per line instead, and nothing else (no bars on a terminal):
     {"event":"download_started","id":0,"source":"…","download_path":"…"}
     {"event":"download_progress","id":0,"source":"…","download_path":"…",
      "current_bytes":1024,"total_bytes":4096}
@@ -99,55 +134,73 @@ Output:
      "status":"completed","download_path":"…","bytes":4096,…}}
   A "job" line comes once per download when it ends, and on Ctrl-C for each
   unfinished one (status "waiting"). Failures always go to stderr too.
+  --quiet shows only errors, and one line if retries go on for long.
 
 Resuming:
   Data is written to <file>.downloading and renamed when complete. Ctrl-C
   keeps those partial files; run the same command again to resume them.
+  --state FILE (or --default-state, for ${DEFAULT_STATE_HELP}) also records
+  the queue, so \`dlqueue resume --state FILE\` finishes it after a kill.
 
 Exit status:
   0 all downloads completed, 1 some failed, 2 bad usage,
-  130 interrupted by Ctrl-C (143 by SIGTERM).`;
+  130 interrupted by Ctrl-C (143 by SIGTERM, 141 when stdout was closed).`;
 
-const CONNECTIONS_OPTION = [
-  "-x, --connections <n>",
-  "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
-  integer(1),
-] as const;
-const NO_FSYNC_OPTION = [
-  "--no-fsync",
-  "do not flush large files to the disk before they are moved into place (faster; a power cut may then leave a " +
-    "damaged file)",
-] as const;
-
-export function addGetCommand(program: Command): Command {
-  return program
-    .command("get")
-    .description("Download URLs in parallel, resuming whatever an earlier run left unfinished.")
-    .argument("[url...]", "http:// or https:// URLs to download")
-    .option(
-      "-d, --dest <dir|file>",
-      'where to write: a folder (existing, or ending in "/") or, for one URL, a file name (default: the current directory)',
-    )
+/** Options `get` and `resume` share: they set up the queue rather than its jobs. */
+function addQueueOptions(command: Command): Command {
+  return command
     .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
-    .option("-p, --priority <n>", "priority of the downloads; lower runs first (default: 10)", integer())
-    .option("-i, --input-file <file>", "also download the URLs listed in <file> (- for stdin); format below")
-    .option("--token <token>", "access token for the URLs given as arguments (sent as a Bearer token)")
-    .option("--header <header>", 'extra request header "Name: value"; repeatable', collect)
-    .option("--sha256 <hex>", "expected sha256 of the one URL given as argument")
     .option(
       "--retries <n>",
       "retries of an interrupted transfer, each resuming where it stopped (default: 5)",
       integer(0),
     )
-    .option(...CONNECTIONS_OPTION)
-    .option(...NO_FSYNC_OPTION)
-    .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
-    .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
+    .option("--retry-delay <seconds>", "wait before the first retry; it doubles at each (default: 1)", seconds(0))
     .option(
-      "--state [file]",
-      "keep the queue in a state file, so `dlqueue resume` finishes what a killed run left (default file: " +
-        "$XDG_STATE_HOME/dlqueue/queue.db)",
+      "--timeout <seconds>",
+      "give up connecting, waiting for headers, or on a body that stops sending after this long, and retry " +
+        "(default: 30 to connect, 60 for the others)",
+      seconds(0, true),
     )
+    .option(
+      "--limit-rate <rate>",
+      "at most RATE bytes per second for all downloads together: 500k, 2M (k = 1024)",
+      rate,
+    )
+    .option("--proxy <url>", "send every request through this HTTP proxy (default: HTTPS_PROXY / HTTP_PROXY)")
+    .option(
+      "-x, --connections <n>",
+      "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
+      integer(1),
+    )
+    .option(
+      "--no-fsync",
+      "do not flush large files to the disk before they are moved into place (faster; a power cut may then " +
+        "leave a damaged file)",
+    )
+    .option("--json", "print JSON lines on stdout, and nothing else there")
+    .option("-q, --quiet", "no bars, no table, no progress lines: only errors (and JSON lines with --json)");
+}
+
+export function addGetCommand(program: Command): Command {
+  const command = program
+    .command("get")
+    .description("Download URLs in parallel, resuming whatever an earlier run left unfinished.")
+    .argument("[url...]", "http:// or https:// URLs to download")
+    .option("-d, --dest <dir>", "the folder to write into, created if missing (default: the current folder)")
+    .option("-o, --output <file>", "for one URL: the file to write, relative to -d when given")
+    .option("-p, --priority <n>", "priority of the downloads; lower runs first (default: 10)", integer())
+    .option("-i, --input-file <file>", "also download the URLs listed in <file> (- for stdin); format below")
+    .option("--token <token>", "access token for the URLs given as arguments (sent as a Bearer token)")
+    .option("--header <header>", 'extra request header "Name: value"; repeatable', collect)
+    .option("--sha256 <hex>", "expected sha256 of the one URL given as argument")
+    .option("--overwrite", "fetch a file again even when it is already complete at its path");
+  return addQueueOptions(command)
+    .option(
+      "--state <file>",
+      "keep the queue in this state file, so `dlqueue resume --state <file>` finishes what a killed run left",
+    )
+    .option("--default-state", `as --state, with the file ${DEFAULT_STATE_HELP}`)
     .addHelpText("after", HELP)
     .action(async (urls: string[], options: GetOptions, command: Command) => {
       process.exitCode = await runGet(urls, options, command);
@@ -155,28 +208,38 @@ export function addGetCommand(program: Command): Command {
 }
 
 export function addResumeCommand(program: Command): Command {
-  return program
+  const command = program
     .command("resume")
     .description("Finish the downloads a stopped or killed `dlqueue get --state` left unfinished.")
-    .option("--state <file>", "the state file (default: $XDG_STATE_HOME/dlqueue/queue.db)")
-    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
-    .option("--retries <n>", "retries of an interrupted transfer (default: 5)", integer(0))
-    .option(...CONNECTIONS_OPTION)
-    .option(...NO_FSYNC_OPTION)
-    .option("--json", "print JSON lines on stdout (the default when stdout is not a terminal)")
-    .option("-q, --quiet", "no bars, no table, no JSON unless --json: only errors")
-    .action(async (options: GetOptions, command: Command) => {
-      process.exitCode = await runGet([], { ...options, state: options.state ?? true, resumeOnly: true }, command);
-    });
+    .option("--state <file>", `the state file \`get --state\` wrote (default: ${DEFAULT_STATE_HELP})`);
+  return addQueueOptions(command).action(async (options: GetOptions, command: Command) => {
+    process.exitCode = await runGet(
+      [],
+      { ...options, defaultState: options.state === undefined, resumeOnly: true },
+      command,
+    );
+  });
 }
 
 function integer(min?: number): (value: string) => number {
-  return (value) => {
-    if (!/^-?\d+$/.test(value)) throw new InvalidArgumentError("Give a whole number.");
-    const n = Number(value);
-    if (min !== undefined && n < min) throw new InvalidArgumentError(`Give a whole number of at least ${min}.`);
-    return n;
-  };
+  return (value) => commanderNumber(() => parseNumber(value, { integer: true, min }));
+}
+
+function seconds(min: number, minExclusive = false): (value: string) => number {
+  return (value) => commanderNumber(() => parseNumber(value, { min, minExclusive }));
+}
+
+function rate(value: string): number {
+  return commanderNumber(() => parseRate(value));
+}
+
+function commanderNumber(parse: () => number): number {
+  try {
+    return parse();
+  } catch (err) {
+    if (err instanceof NumberSyntaxError) throw new InvalidArgumentError(err.message);
+    throw err;
+  }
 }
 
 function collect(value: string, previous: string[] | undefined): string[] {
@@ -190,6 +253,7 @@ interface Planned {
   sha256?: string;
   priority?: number;
   accessToken?: string;
+  maxBytesPerSecond?: number;
   /** `list.txt:3` for input-file entries; arguments are named by their URL. */
   origin?: string;
 }
@@ -197,35 +261,68 @@ interface Planned {
 /** Library errors that mean the command line or the list is wrong, not the network. */
 const USAGE_ERRORS = new Set(["DLQ_ERR_INVALID_URL", "DLQ_ERR_UNSUPPORTED_SCHEME", "DLQ_ERR_INVALID_ARGUMENT"]);
 
+/** Under --quiet, retries stay hidden until this many have happened, or until they have gone on this long. */
+const QUIET_RETRY_WARNINGS = 3;
+const QUIET_RETRY_MS = 10_000;
+
 async function runGet(urls: string[], options: GetOptions, command: Command): Promise<number> {
   const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2, code: "dlqueue.usage" });
   const headers = parseHeaders(options.header ?? [], usage);
+  const statePath = stateFile(options, usage);
   const plan = options.resumeOnly ? [] : await planDownloads(urls, options, usage);
   checkDestinations(plan, usage);
 
   const tokens = tokenRulesFromEnv(process.env);
-  const secrets = [options.token, ...tokens.map((rule) => rule.token)].filter((s): s is string => Boolean(s));
+  const secrets = [options.token, ...tokens.map((rule) => rule.token), ...proxySecrets(options.proxy, usage)].filter(
+    (s): s is string => Boolean(s),
+  );
   // Defence in depth: the library already keeps tokens out of what it reports; this also covers everything printed.
   const hide = (text: string) => secrets.reduce((out, secret) => out.replaceAll(secret, "***"), text);
-  const json = options.json === true || (!process.stdout.isTTY && !options.quiet);
-  const bars = !options.quiet && process.stderr.isTTY === true;
+  const quiet = options.quiet === true;
+  const json = options.json === true;
+  const stdoutTty = process.stdout.isTTY === true;
+  // JSON on a terminal is read by a person copying it or by `script`: bars drawn among it would garble both.
+  const bars = !quiet && process.stderr.isTTY === true && !(json && stdoutTty);
+  const plainLines = !quiet && !json && !stdoutTty;
+  // A reader that went away (`| head`) takes stdout with it: nothing more is written there.
+  let stdoutGone = false;
+  const out = (text: string) => {
+    if (!stdoutGone) process.stdout.write(hide(text));
+  };
   const say = (text: string) => printAbove(hide(text));
-  const emit = (record: object) => process.stdout.write(`${hide(JSON.stringify(record))}\n`);
+  const emit = (record: object) => out(`${JSON.stringify(record)}\n`);
 
   const debug = debuglog("dlqueue");
+  const quietRetries = { count: 0, since: 0, told: false };
+  const warnQuietly = (message: string) => {
+    debug("%s", message);
+    const now = performance.now();
+    if (quietRetries.count++ === 0) quietRetries.since = now;
+    if (quietRetries.told) return;
+    if (quietRetries.count >= QUIET_RETRY_WARNINGS || now - quietRetries.since >= QUIET_RETRY_MS) {
+      quietRetries.told = true;
+      say(`warning: ${message}\n  (still retrying; --quiet hides further retries, NODE_DEBUG=dlqueue shows them)`);
+    }
+  };
   const logger: Logger = {
     debug: (message) => debug("%s", message),
     info: (message) => debug("%s", message),
-    warn: options.quiet ? (message) => debug("%s", message) : (message) => say(`warning: ${message}`),
+    warn: quiet ? warnQuietly : (message) => say(`warning: ${message}`),
     // The queue logs each failed job as an error; the CLI reports those itself, with the reason and what to fix.
     error: (message) => debug("%s", message),
   };
-  const statePath = options.state === true ? defaultStatePath() : options.state;
   let queue: DownloadQueue;
   try {
     queue = new DownloadQueue({
       maxParallelDownloads: options.maxParallel,
       retries: options.retries,
+      retryDelayMs: options.retryDelay === undefined ? undefined : options.retryDelay * 1000,
+      connectTimeoutMs: options.timeout === undefined ? undefined : options.timeout * 1000,
+      headersTimeoutMs: options.timeout === undefined ? undefined : options.timeout * 1000,
+      readTimeoutMs: options.timeout === undefined ? undefined : options.timeout * 1000,
+      maxBytesPerSecond: options.limitRate,
+      proxy: options.proxy,
+      overwrite: options.overwrite,
       connectionsPerFile: options.connections,
       fsync: options.fsync,
       tokens,
@@ -233,6 +330,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
       store: statePath,
     });
   } catch (err) {
+    if (statePath === undefined) throw err;
     return usage(`cannot open the state file ${statePath}: ${(err as Error).message}`);
   }
   if (json) {
@@ -245,8 +343,20 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   const jobs: DownloadJob[] = [];
   const total = bars ? new TotalLine(jobs, resumedFrom, startedAt) : undefined;
   const progress = bars ? new ConsoleProgress() : undefined;
+  const plain = plainLines ? new PlainProgress((line) => out(`${line}\n`)) : undefined;
+  const started = (job: DownloadJob) => {
+    resumedFrom.set(job.id, job.bytes);
+    // The bar starts with the job, so its speed counts the bytes of this run only, from the first one.
+    progress?.update(job);
+    plain?.start(job);
+  };
+  const moved = (job: DownloadJob) => {
+    progress?.update(job);
+    plain?.progress(job);
+  };
   const ended = (job: DownloadJob) => {
     if (json) emit({ event: "job", job });
+    plain?.end(job);
     if (job.status === "error") say(failureReport(job));
   };
   // Jobs restored from the state file have no callbacks of this process: follow them through events.
@@ -265,11 +375,11 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   const restoredJob = (id: number) => (restored.has(id) ? (queue.idToJob(id) as DownloadJob) : undefined);
   queue.on("download_started", (p) => {
     const job = restoredJob(p.id);
-    if (job) resumedFrom.set(job.id, job.bytes);
+    if (job) started(job);
   });
   queue.on("download_progress", (p) => {
     const job = restoredJob(p.id);
-    if (job) progress?.update(job);
+    if (job) moved(job);
   });
   for (const name of ["download_complete", "download_error", "download_cancelled"] as const) {
     queue.on(name, (p: { id: number }) => {
@@ -280,14 +390,20 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
 
   let signal: NodeJS.Signals | undefined;
   const onSignal = (received: NodeJS.Signals) => {
-    // A second Ctrl-C quits at once: the partial files are already on disk, so nothing is lost.
-    if (signal) process.exit(signalExitCode(received));
+    if (received === "SIGPIPE") {
+      stdoutGone = true;
+      // A closed pipe reports itself at each write made while the queue stops: that is no second Ctrl-C.
+      if (signal) return;
+    } else if (signal) {
+      // A second Ctrl-C quits at once: the partial files are already on disk, so nothing is lost.
+      process.exit(signalExitCode(received));
+    }
     signal = received;
     // join() returns once the transfers are aborted and their files closed; the exit closes the connections.
     queue.stop().catch((err: unknown) => debug("%s", `stop: ${err}`));
   };
-  process.on("SIGINT", onSignal);
-  process.on("SIGTERM", onSignal);
+  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGPIPE"];
+  for (const name of signals) process.on(name, onSignal);
   try {
     // download() only queues: transfers begin on a later microtask, so an entry rejected in this synchronous loop
     // stops the queue before any byte moves.
@@ -301,8 +417,9 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
             accessToken: item.accessToken,
             headers,
             sha256: item.sha256,
-            onStart: (job) => resumedFrom.set(job.id, job.bytes),
-            onProgress: progress?.update,
+            maxBytesPerSecond: item.maxBytesPerSecond,
+            onStart: started,
+            onProgress: moved,
             onComplete: ended,
             onError: ended,
             onCancelled: ended,
@@ -323,8 +440,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     if (total) showLine(total);
     await queue.join();
   } finally {
-    process.off("SIGINT", onSignal);
-    process.off("SIGTERM", onSignal);
+    for (const name of signals) process.off(name, onSignal);
   }
 
   const unfinished = jobs.filter((job) => !job.inTerminalState);
@@ -334,13 +450,14 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     total.finish(total.finalText(signal !== undefined));
     sweepLines();
   }
-  if (!options.quiet && (!json || process.stderr.isTTY)) {
-    const table = summaryTable(jobs, resumedFrom, new Date());
+  if (signal === "SIGPIPE") return signalExitCode(signal);
+  if (bars || plainLines) {
+    const table = summaryTable(jobs, resumedFrom, new Date(), stdoutTty ? process.stdout.columns : undefined);
     if (json) process.stderr.write(hide(table));
-    else process.stdout.write(hide(table));
+    else out(table);
   }
   const failed = jobs.filter((job) => job.status === "error").length;
-  if (failed > 0 && !options.quiet) say(`${failed} of ${jobs.length} downloads failed.`);
+  if (failed > 0 && !quiet) say(`${failed} of ${jobs.length} downloads failed.`);
   if (signal) {
     const partials = unfinished.filter((job) => job.bytes > 0).length;
     say(
@@ -351,6 +468,43 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     return signalExitCode(signal);
   }
   return failed > 0 ? 1 : 0;
+}
+
+/** The state file of this run, if any: `--state FILE` never takes a URL, and `resume` never creates one. */
+function stateFile(options: GetOptions, usage: (message: string) => never): string | undefined {
+  if (options.state !== undefined && options.defaultState) {
+    usage("give either --state FILE or --default-state, not both.");
+  }
+  if (options.state !== undefined && /^[a-z][a-z0-9+.-]*:\/\//i.test(options.state)) {
+    usage(
+      `--state takes a file name, and got the URL ${options.state}: write --state FILE before the URLs, or ` +
+        "--default-state for the default file.",
+    );
+  }
+  const path = options.defaultState ? defaultStatePath() : options.state;
+  if (options.resumeOnly && path !== undefined && !existsSync(path)) {
+    usage(`there is no state file ${path}: give the file \`dlqueue get --state FILE\` wrote; nothing was created.`);
+  }
+  return path;
+}
+
+/** The user name and password of a proxy URL are credentials: kept out of every message. */
+function proxySecrets(proxy: string | undefined, usage: (message: string) => never): string[] {
+  if (proxy === undefined) return [];
+  let url: URL;
+  try {
+    url = new URL(proxy);
+  } catch {
+    return usage("--proxy takes a URL such as http://proxy.example:3128.");
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") {
+    usage(`--proxy takes an http:// or https:// URL, not ${url.protocol}.`);
+  }
+  let password = url.password;
+  try {
+    password = decodeURIComponent(url.password);
+  } catch {}
+  return [url.password, password].filter((secret) => secret.length > 0);
 }
 
 function signalExitCode(signal: NodeJS.Signals): number {
@@ -373,9 +527,20 @@ function parseHeaders(values: string[], usage: (message: string) => never): Reco
 
 async function planDownloads(urls: string[], options: GetOptions, usage: (message: string) => never) {
   const base = options.dest ?? ".";
+  // The library takes a dest ending in a separator as a folder, whether or not it exists yet.
+  const folder = base.endsWith("/") || base.endsWith(sep) ? base : `${base}${sep}`;
+  if (options.output !== undefined) {
+    if (urls.length !== 1)
+      usage(`-o names the file of one URL, and ${urls.length} were given; use -d DIR for several.`);
+    if (options.output.endsWith("/") || options.output.endsWith(sep)) {
+      usage(`-o takes a file name, not the folder ${options.output}: use -d DIR for a folder.`);
+    }
+  }
+  const argumentDest =
+    options.output === undefined ? folder : isAbsolute(options.output) ? options.output : join(base, options.output);
   const plan: Planned[] = urls.map((source) => ({
     source,
-    dest: base,
+    dest: argumentDest,
     sha256: options.sha256,
     accessToken: options.token,
   }));
@@ -394,9 +559,10 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
       for (const entry of parseInputFile(text, name)) {
         plan.push({
           source: entry.url,
-          dest: entry.dest === undefined ? base : isAbsolute(entry.dest) ? entry.dest : join(base, entry.dest),
+          dest: entry.dest === undefined ? folder : isAbsolute(entry.dest) ? entry.dest : join(base, entry.dest),
           sha256: entry.sha256,
           priority: entry.priority,
+          maxBytesPerSecond: entry.maxBytesPerSecond,
           origin: `${name}:${entry.line}`,
         });
       }
@@ -476,27 +642,29 @@ class TotalLine implements BoardLine {
   ) {}
 
   render(width: number): string {
-    const { name, bytes, totalBytes, fresh, sizesKnown } = this.#tally();
+    const { name, bytes, totalBytes, fresh, estimated } = this.#tally();
     this.#meter.sample(fresh);
     const speed = this.#meter.bytesPerSecond();
-    const eta = speed && sizesKnown ? (totalBytes - bytes) / speed : undefined;
+    const eta = speed && totalBytes > 0 ? (totalBytes - bytes) / speed : undefined;
     return formatLine(width, {
       name,
       bytes,
-      totalBytes: sizesKnown ? totalBytes : 0,
+      totalBytes,
+      estimated,
       speed,
-      note: eta === undefined ? undefined : `ETA ${formatDuration(eta)}`,
+      note: eta === undefined ? undefined : `ETA ${estimated ? "~" : ""}${formatDuration(eta)}`,
     });
   }
 
   finalText(interrupted: boolean): string {
-    const { name, bytes, totalBytes, fresh } = this.#tally();
+    const { name, bytes, totalBytes, fresh, estimated } = this.#tally();
     const seconds = (performance.now() - this.startedAt) / 1000;
     return formatLine((process.stderr.columns || 80) - 1, {
       name,
       bytes,
       totalBytes,
-      speed: seconds > 0 ? fresh / seconds : undefined,
+      estimated,
+      speed: seconds > 0 && fresh > 0 ? fresh / seconds : undefined,
       note: interrupted ? "interrupted" : `done in ${formatDuration(seconds)}`,
     });
   }
@@ -509,30 +677,48 @@ class TotalLine implements BoardLine {
     return this.#final;
   }
 
-  /** Failed and cancelled downloads are left out, so the rest can still reach 100%; failures are reported above. */
+  /**
+   * Failed and cancelled downloads are left out, so the rest can still reach 100%; failures are reported above.
+   * A download whose size is not known yet counts as the average of the known ones (or what it already has, if
+   * more): the bar and ETA stay, marked `~` as estimates, instead of vanishing until the last size is known.
+   */
   #tally() {
     const counted = this.jobs.filter((job) => job.status !== "error" && job.status !== "cancelled");
     const completed = counted.filter((job) => job.status === "completed").length;
+    const sizeOf = (job: DownloadJob) => Math.max(job.totalBytes, job.size ?? 0);
+    const sized = counted.filter((job) => sizeOf(job) > 0 || job.status === "completed");
+    const knownTotal = sized.reduce((sum, job) => sum + Math.max(sizeOf(job), job.bytes), 0);
+    const average = sized.length > 0 ? knownTotal / sized.length : 0;
     let bytes = 0;
-    let totalBytes = 0;
+    let totalBytes = knownTotal;
     let fresh = 0;
     for (const job of counted) {
       bytes += job.bytes;
-      totalBytes += Math.max(job.totalBytes, job.size ?? 0);
-      fresh += job.bytes - (this.resumedFrom.get(job.id) ?? 0);
+      fresh += job.bytes - (this.resumedFrom.get(job.id) ?? job.bytes);
+      if (!sized.includes(job)) totalBytes += Math.max(average, job.bytes);
     }
+    const estimated = sized.length < counted.length;
     return {
       name: `Total ${completed}/${this.jobs.length} done`,
       bytes,
-      totalBytes,
+      // Nothing known to estimate from: no bar rather than a made-up one.
+      totalBytes: estimated && average === 0 ? 0 : Math.round(totalBytes),
       fresh,
-      sizesKnown: counted.every((job) => job.totalBytes > 0 || job.size !== undefined),
+      estimated,
     };
   }
 }
 
-/** One row per download; an unfinished one is timed up to `endedAt`, when the run stopped. */
-function summaryTable(jobs: readonly DownloadJob[], resumedFrom: ReadonlyMap<number, number>, endedAt: Date): string {
+/**
+ * One row per download; an unfinished one is timed up to `endedAt`, when the run stopped. Columns are measured in
+ * terminal columns (a CJK name is twice its length wide); on a terminal, long names are cut to fit `columns`.
+ */
+function summaryTable(
+  jobs: readonly DownloadJob[],
+  resumedFrom: ReadonlyMap<number, number>,
+  endedAt: Date,
+  columns?: number,
+): string {
   const rows = jobs.map((job) => {
     const seconds = job.jobStarted
       ? ((job.jobEnded ?? endedAt).getTime() - job.jobStarted.getTime()) / 1000
@@ -551,41 +737,39 @@ function summaryTable(jobs: readonly DownloadJob[], resumedFrom: ReadonlyMap<num
       fileName(job),
       size,
       seconds === undefined ? "-" : formatDuration(seconds),
-      seconds && moved > 0 && job.status !== "error" ? formatSpeed(moved / seconds) : "-",
+      // Too short to time (a millisecond) or nothing fetched in this run: no speed rather than a made-up one.
+      seconds && seconds >= 0.001 && moved > 0 && job.status !== "error" ? formatSpeed(moved / seconds) : "-",
       statusText(job, start),
     ];
   });
   const header = ["File", "Size", "Time", "Avg speed", "Status"];
-  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]?.length ?? 0)));
+  const widths = header.map((title, column) =>
+    Math.max(displayWidth(title), ...rows.map((row) => displayWidth(row[column] ?? ""))),
+  );
+  if (columns !== undefined) {
+    const others = widths.slice(1).reduce((sum, width) => sum + width + 2, 0);
+    widths[0] = Math.max(16, Math.min(widths[0] ?? 0, columns - 1 - others));
+  }
   // Numbers are right-aligned so sizes and speeds line up by magnitude.
   const format = (row: string[]) =>
     row
-      .map((cell, column) =>
-        column >= 1 && column <= 3 ? cell.padStart(widths[column] ?? 0) : cell.padEnd(widths[column] ?? 0),
-      )
+      .map((cell, column) => {
+        const width = widths[column] ?? 0;
+        if (column === 0) return fitWidth(cell, width);
+        const pad = " ".repeat(Math.max(0, width - displayWidth(cell)));
+        return column <= 3 ? pad + cell : cell + pad;
+      })
       .join("  ")
       .trimEnd();
   return `${[header, ...rows].map(format).join("\n")}\n`;
 }
 
-function fileName(job: DownloadJob): string {
-  if (job.downloadPath) return basename(job.downloadPath);
-  const last = new URL(job.source).pathname.split("/").filter(Boolean).at(-1);
-  return last ? decodeURIComponentSafe(last) : job.source;
-}
-
-function decodeURIComponentSafe(text: string): string {
-  try {
-    return decodeURIComponent(text);
-  } catch {
-    return text;
-  }
-}
-
 function statusText(job: DownloadJob, resumedFrom: number | undefined): string {
   switch (job.status) {
     case "completed":
-      return resumedFrom ? `completed (resumed at ${formatBytes(resumedFrom)})` : "completed";
+      // Nothing fetched in this run: the file was already there, complete (not fetched again without --overwrite).
+      if (resumedFrom === undefined || (resumedFrom === job.bytes && job.bytes > 0)) return "already complete";
+      return resumedFrom > 0 ? `completed (resumed at ${formatBytes(resumedFrom)})` : "completed";
     case "error":
       return `error ${job.errorType}`;
     case "cancelled":

@@ -3,12 +3,15 @@
  * (`URL dest=models/ sha256=…`) or on the indented lines that follow it (` dest=models/x.safetensors`).
  */
 import { readFile } from "node:fs/promises";
+import { NumberSyntaxError, parseNumber, parseRate } from "./numbers.js";
 
 export interface InputEntry {
   url: string;
   dest?: string;
   sha256?: string;
   priority?: number;
+  /** `limit-rate=`: this download's own limit, in bytes per second. */
+  maxBytesPerSecond?: number;
   /** 1-based, for messages that point at the line to fix. */
   line: number;
 }
@@ -25,17 +28,19 @@ export const INPUT_FILE_HELP = `Input file (-i FILE, or -i - for stdin):
       dest=my models/b.ckpt
       sha256=<64 hex>
 
-  dest=      a folder (existing, or ending in /) or a file name; relative paths
-             are taken relative to -d (default: the current directory)
-  sha256=    expected checksum; a mismatch fails the download and removes it
-  priority=  lower runs first (default: -p, else 10)`;
+  dest=        a folder (existing, or ending in /) or a file name; relative
+               paths are taken relative to -d (default: the current folder)
+  sha256=      expected checksum; a mismatch fails the download, removes it
+  priority=    lower runs first (default: -p, else 10)
+  limit-rate=  this download's own rate limit, spelled as for --limit-rate
+               (500k, 2M); --limit-rate still caps all downloads together`;
 
 /** A mistake in the list itself; the message names the line. */
 export class InputFileError extends Error {
   override name = "InputFileError";
 }
 
-const KEYS = new Set(["dest", "sha256", "priority"]);
+const KEYS = new Set(["dest", "sha256", "priority", "limit-rate"]);
 
 export function parseInputFile(text: string, fileName: string): InputEntry[] {
   const entries: InputEntry[] = [];
@@ -67,11 +72,12 @@ function setOption(entry: InputEntry, option: string, where: string): void {
   if (!KEYS.has(key)) {
     throw new InputFileError(
       eq > 0
-        ? `${where}: unknown option "${key}"; the options are dest=, sha256= and priority=.`
+        ? `${where}: unknown option "${key}"; the options are dest=, sha256=, priority= and limit-rate=.`
         : `${where}: expected key=value after the URL, got "${option}" (one URL per line).`,
     );
   }
-  if (entry[key as keyof InputEntry] !== undefined) throw new InputFileError(`${where}: ${key}= is given twice.`);
+  const field = key === "limit-rate" ? "maxBytesPerSecond" : (key as keyof InputEntry);
+  if (entry[field] !== undefined) throw new InputFileError(`${where}: ${key}= is given twice.`);
   if (key === "dest") {
     if (value === "") throw new InputFileError(`${where}: dest= needs a folder or file name.`);
     entry.dest = value;
@@ -80,8 +86,13 @@ function setOption(entry: InputEntry, option: string, where: string): void {
       throw new InputFileError(`${where}: sha256= must be 64 hexadecimal characters.`);
     entry.sha256 = value;
   } else {
-    if (!/^-?\d+$/.test(value)) throw new InputFileError(`${where}: priority= must be an integer, not "${value}".`);
-    entry.priority = Number(value);
+    try {
+      if (key === "priority") entry.priority = parseNumber(value, { integer: true });
+      else entry.maxBytesPerSecond = parseRate(value);
+    } catch (err) {
+      if (err instanceof NumberSyntaxError) throw new InputFileError(`${where}: ${key}=: ${err.message}`);
+      throw err;
+    }
   }
 }
 

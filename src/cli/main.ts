@@ -20,6 +20,18 @@ addGetCommand(program);
 addResumeCommand(program);
 addServeCommand(program);
 
+// A reader that stops early (`dlqueue get URL | head -2`, `dlqueue help get | head`) closes the pipe: the next write
+// fails with EPIPE, which would otherwise crash with a stack trace and leave the downloads' locks behind. A running
+// `get` stops as on Ctrl-C (SIGPIPE is Node's ignored signal, emitted here by name); anything else ends at once with
+// the status a shell gives a command killed by SIGPIPE.
+const SIGPIPE_STATUS = 141;
+for (const stream of [process.stdout, process.stderr]) {
+  stream.on("error", (err: NodeJS.ErrnoException) => {
+    if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
+    if (!process.emit("SIGPIPE", "SIGPIPE")) process.exit(SIGPIPE_STATUS);
+  });
+}
+
 let code: number;
 try {
   await program.parseAsync();
@@ -34,5 +46,9 @@ try {
   }
 }
 // Piped output is written asynchronously; exiting before it drains would cut the last JSON lines.
-await Promise.all([process.stdout, process.stderr].map((stream) => new Promise((done) => stream.write("", done))));
+await Promise.all(
+  [process.stdout, process.stderr].map((stream) =>
+    stream.destroyed ? undefined : new Promise((done) => stream.write("", done)),
+  ),
+);
 process.exit(code);

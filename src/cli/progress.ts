@@ -5,6 +5,7 @@
  */
 import { basename } from "node:path";
 import { MultiBar, type SingleBar } from "cli-progress";
+import stringWidth from "string-width";
 import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
 
 /** One line of the board. */
@@ -98,8 +99,35 @@ export function sweepLines(): void {
 /** Writes a message to stderr without tearing the live lines: above them while the board is up, else directly. */
 export function printAbove(text: string): void {
   const line = text.endsWith("\n") ? text : `${text}\n`;
-  if (multiBar) multiBar.log(line);
+  if (multiBar) multiBar.log(clearedRows(line, process.stderr.columns || 80));
   else process.stderr.write(line);
+}
+
+/**
+ * The board's log clears only the first row it writes on; the rows below still hold the last frame's bars. Each row
+ * of the message (its lines, and a long line's wrapped parts) clears its own row first, so no old bar shows through.
+ */
+export function clearedRows(text: string, columns: number): string {
+  const rows: string[] = [];
+  for (const line of text.replace(/\n$/, "").split("\n")) {
+    let row = "";
+    let rowWidth = 0;
+    for (const { segment } of graphemes.segment(line)) {
+      const partWidth = stringWidth(segment);
+      if (rowWidth + partWidth > columns) {
+        rows.push(row);
+        row = "";
+        rowWidth = 0;
+      }
+      row += segment;
+      rowWidth += partWidth;
+    }
+    rows.push(row);
+  }
+  return rows
+    .map((row) => `\u001b[2K${row}`)
+    .join("\n")
+    .concat("\n");
 }
 
 /**
@@ -218,32 +246,46 @@ export interface LineFields {
   speed?: number;
   /** ETA, "done in 0:12", "failed"... */
   note?: string;
+  /** totalBytes is an estimate (some sizes are not known yet): shown as `~8.80 MB`. */
+  estimated?: boolean;
 }
 
 const PERCENT_WIDTH = 4;
 const AMOUNT_WIDTH = 15;
 const SPEED_WIDTH = 10;
-const NOTE_WIDTH = 12;
-const STATS_WIDTH = PERCENT_WIDTH + AMOUNT_WIDTH + SPEED_WIDTH + NOTE_WIDTH + 6;
+/** The numbers' columns and the single spaces after each. */
+const NUMBERS_WIDTH = PERCENT_WIDTH + AMOUNT_WIDTH + SPEED_WIDTH + 3;
+const NAME_MIN = 16;
+const NAME_MAX = 32;
+const BAR_MIN = 4;
+const BAR_MAX = 30;
 
-/** `name  [█████░░░░░]   42%  126 MB/300 MB  12.3 MB/s  ETA 0:14`, fitted to `width` columns. */
+/**
+ * `name  [█████░░░░░]   42%   126 MB/300 MB  12.3 MB/s ETA 0:14`, never wider than `width` columns, measured as the
+ * terminal draws them (a CJK character or an emoji takes two): a line wider than the terminal wraps, and every
+ * redraw of the board would then scroll the screen.
+ */
 export function formatLine(width: number, line: LineFields): string {
   const known = line.totalBytes > 0;
   const fraction = known ? Math.min(1, line.bytes / line.totalBytes) : 0;
-  const amount =
-    known && !line.bytesOnly ? `${formatBytes(line.bytes)}/${formatBytes(line.totalBytes)}` : formatBytes(line.bytes);
-  const stats = [
+  const total = `${line.estimated ? "~" : ""}${formatBytes(line.totalBytes)}`;
+  const amount = known && !line.bytesOnly ? `${formatBytes(line.bytes)}/${total}` : formatBytes(line.bytes);
+  const note = line.note ?? "";
+  const numbers = [
     (known ? `${Math.floor(fraction * 100)}%` : "").padStart(PERCENT_WIDTH),
     amount.padStart(AMOUNT_WIDTH),
     (line.speed === undefined ? "" : formatSpeed(line.speed)).padStart(SPEED_WIDTH),
-    line.note ?? "",
-  ].join("  ");
-  // The name gets room first (it says which file this is), the bar what is left, up to 30 columns.
-  const rest = width - STATS_WIDTH - 2;
-  const nameWidth = Math.min(32, Math.max(16, rest - 14));
-  const barWidth = Math.min(30, rest - nameWidth - 4);
-  const bar = barWidth < 8 ? "" : known ? `[${drawBar(fraction, barWidth)}]  ` : " ".repeat(barWidth + 4);
-  return `${fit(line.name, nameWidth)}  ${bar}${stats}`.slice(0, width).trimEnd();
+    note,
+  ].join(" ");
+  // Room for an ETA ("ETA 0:14") at 80 columns, for "done in 0:12" on wider terminals: the name comes first (at 80
+  // columns a sharded name keeps its shard number), then the bar. A longer note takes its room from this line's bar
+  // only, so the names of all lines stay aligned.
+  const noteRoom = width >= 100 ? 12 : 8;
+  const room = width - NUMBERS_WIDTH - noteRoom - 2;
+  const nameWidth = Math.max(NAME_MIN, Math.min(NAME_MAX, room - BAR_MIN - 7));
+  const barWidth = Math.min(BAR_MAX, room - nameWidth - 3) - Math.max(0, note.length - noteRoom);
+  const bar = barWidth < BAR_MIN ? "" : known ? `[${drawBar(fraction, barWidth)}] ` : " ".repeat(barWidth + 3);
+  return cutToWidth(`${fitWidth(line.name, nameWidth)}  ${bar}${numbers}`, width).trimEnd();
 }
 
 function drawBar(fraction: number, width: number): string {
@@ -251,11 +293,54 @@ function drawBar(fraction: number, width: number): string {
   return "█".repeat(full) + "░".repeat(width - full);
 }
 
-/** Pads or cuts `text` to exactly `width` characters; a cut keeps both ends (`model-00…ensors`), as names differ in both. */
-function fit(text: string, width: number): string {
-  if (text.length <= width) return text.padEnd(width);
-  const head = Math.ceil((width - 1) / 2);
-  return `${text.slice(0, head)}…${text.slice(text.length - (width - 1 - head))}`;
+/** Columns a string takes on a terminal: 2 for CJK characters and most emoji, 0 for combining marks. */
+export function displayWidth(text: string): number {
+  return stringWidth(text);
+}
+
+const graphemes = new Intl.Segmenter();
+
+/**
+ * Pads or cuts `text` to `width` columns. A cut takes out the middle and keeps both ends, the end included: names
+ * of one model's shards differ in the middle (`model-00001-of-00004.safetensors` becomes `model-00001-….safetensors`).
+ */
+export function fitWidth(text: string, width: number): string {
+  const textWidth = stringWidth(text);
+  if (textWidth <= width) return text + " ".repeat(width - textWidth);
+  const parts = Array.from(graphemes.segment(text), (part) => part.segment);
+  const headRoom = Math.ceil((width - 1) / 2);
+  let head = "";
+  let headWidth = 0;
+  for (const part of parts) {
+    const partWidth = stringWidth(part);
+    if (headWidth + partWidth > headRoom) break;
+    head += part;
+    headWidth += partWidth;
+  }
+  let tail = "";
+  let tailWidth = 0;
+  for (const part of parts.reverse()) {
+    const partWidth = stringWidth(part);
+    if (headWidth + 1 + tailWidth + partWidth > width) break;
+    tail = part + tail;
+    tailWidth += partWidth;
+  }
+  // A wide character that did not fit leaves one column: pad it, so the columns after the name stay aligned.
+  return `${head}…${tail}${" ".repeat(width - headWidth - 1 - tailWidth)}`;
+}
+
+/** The longest start of `text` that fits in `width` columns. */
+function cutToWidth(text: string, width: number): string {
+  if (stringWidth(text) <= width) return text;
+  let out = "";
+  let outWidth = 0;
+  for (const { segment } of graphemes.segment(text)) {
+    const partWidth = stringWidth(segment);
+    if (outWidth + partWidth > width) break;
+    out += segment;
+    outWidth += partWidth;
+  }
+  return out;
 }
 
 const UNITS = ["B", "kB", "MB", "GB", "TB", "PB"];
@@ -283,4 +368,86 @@ export function formatDuration(seconds: number): string {
   const m = Math.floor((total % 3600) / 60);
   const s = String(total % 60).padStart(2, "0");
   return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
+}
+
+/** A line at least this often for a download in progress, whatever its size. */
+const PLAIN_INTERVAL_MS = 30_000;
+
+/**
+ * Progress for a log file, a CI log or `docker build` (stdout not a terminal): no bars, no escape sequences, and a
+ * calm rate as wget's: a line when a download starts, at each tenth of it or every 30 s, and when it ends.
+ */
+export class PlainProgress {
+  readonly #write: (line: string) => void;
+  readonly #jobs = new Map<number, { startedAt: number; startBytes: number; lastAt: number; lastTenth: number }>();
+
+  constructor(write: (line: string) => void) {
+    this.#write = write;
+  }
+
+  start(job: DownloadJob): void {
+    const now = performance.now();
+    const tenth = this.#tenth(job);
+    this.#jobs.set(job.id, { startedAt: now, startBytes: job.bytes, lastAt: now, lastTenth: tenth });
+    const size = job.totalBytes > 0 ? formatBytes(job.totalBytes) : "size unknown";
+    const resumed = job.bytes > 0 ? `, resuming at ${formatBytes(job.bytes)}` : "";
+    this.#write(`${fileName(job)}: started (${size}${resumed}) from ${job.source}`);
+  }
+
+  progress(job: DownloadJob): void {
+    const state = this.#jobs.get(job.id);
+    if (!state || job.status !== "running") return;
+    const now = performance.now();
+    const tenth = this.#tenth(job);
+    if (tenth <= state.lastTenth && now - state.lastAt < PLAIN_INTERVAL_MS) return;
+    if (tenth >= 10) return;
+    state.lastAt = now;
+    state.lastTenth = tenth;
+    const seconds = (now - state.startedAt) / 1000;
+    const speed = seconds >= 0.2 ? `  ${formatSpeed((job.bytes - state.startBytes) / seconds)}` : "";
+    const amount =
+      job.totalBytes > 0
+        ? `${Math.floor((job.bytes / job.totalBytes) * 100)}%  ${formatBytes(job.bytes)} of ${formatBytes(job.totalBytes)}`
+        : formatBytes(job.bytes);
+    this.#write(`${fileName(job)}: ${amount}${speed}`);
+  }
+
+  end(job: DownloadJob): void {
+    const state = this.#jobs.get(job.id);
+    this.#jobs.delete(job.id);
+    const name = fileName(job);
+    if (job.status === "completed") {
+      if (!state || job.bytes === state.startBytes) {
+        this.#write(`${name}: already complete (${formatBytes(job.bytes)})`);
+        return;
+      }
+      const seconds = (performance.now() - state.startedAt) / 1000;
+      const moved = job.bytes - state.startBytes;
+      const speed = seconds > 0 ? `, ${formatSpeed(moved / seconds)}` : "";
+      this.#write(`${name}: done, ${formatBytes(job.bytes)} in ${formatDuration(seconds)}${speed}`);
+    } else if (job.status === "error") {
+      this.#write(`${name}: failed: ${job.errorType}`);
+    } else if (job.status === "cancelled") {
+      this.#write(`${name}: cancelled`);
+    }
+  }
+
+  #tenth(job: DownloadJob): number {
+    return job.totalBytes > 0 ? Math.floor((job.bytes / job.totalBytes) * 10) : 0;
+  }
+}
+
+/** The file a job writes, or would write: named by its URL until the server has named it. */
+export function fileName(job: DownloadJob): string {
+  if (job.downloadPath) return basename(job.downloadPath);
+  const last = new URL(job.source).pathname.split("/").filter(Boolean).at(-1);
+  return last ? decodeURIComponentSafe(last) : job.source;
+}
+
+function decodeURIComponentSafe(text: string): string {
+  try {
+    return decodeURIComponent(text);
+  } catch {
+    return text;
+  }
 }
