@@ -204,6 +204,28 @@ export class DownloadCancelledError extends DlqError {
   }
 }
 
+/** A proxy would not open a tunnel to the origin (undici's ProxyAgent reports its status only in a message). */
+export class ProxyError extends DlqError {
+  readonly status: number;
+
+  constructor(status: number, options?: ErrorOptions) {
+    const hint =
+      status === 407
+        ? "the proxy wants credentials: give them in the proxy URL (http://user:pass@host:port)"
+        : status >= 500
+          ? "the proxy could not reach the server; retrying later may help"
+          : "check the proxy URL, or NO_PROXY for hosts that must be reached directly";
+    super(`The proxy answered HTTP ${status} instead of connecting: ${hint}.`, "DLQ_ERR_PROXY", options);
+    this.status = status;
+  }
+
+  override get retryable(): boolean {
+    return this.status >= 500;
+  }
+}
+
+const PROXY_REFUSAL = /^Proxy response \((\d{3})\) !== 200/;
+
 /** Translate filesystem errors into something that names the path and says what to do. */
 export function fsError(err: unknown, path: string): Error {
   const code = (err as NodeJS.ErrnoException | undefined)?.code;
@@ -239,6 +261,8 @@ const NON_TRANSIENT_UNDICI = new Set(["UND_ERR_ABORTED", "UND_ERR_INVALID_ARG", 
 /** Maps whatever a transfer threw onto dlqueue's errors, deciding what is worth retrying. */
 export function classifyFailure(err: unknown, path: string): Error {
   if (err instanceof DlqError) return err;
+  const proxyStatus = PROXY_REFUSAL.exec((err as Error | undefined)?.message ?? "")?.[1];
+  if (proxyStatus) return new ProxyError(Number(proxyStatus), { cause: err });
   const code = (err as { code?: string } | undefined)?.code;
   if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
     return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message})`, {

@@ -230,8 +230,12 @@ class Attempt {
       const segmentedPartial = path !== undefined && (await readSegmentState(partialPathOf(path))) !== undefined;
       if (segmentedPartial && !this.#segmented) await abandonSegments(partialPathOf(path));
       const offset = path && !(segmentedPartial && this.#segmented) ? await partialSize(path) : 0;
-      const previous = path && offset > 0 ? await readValidators(path) : undefined;
+      const segmentsGoOn = segmentedPartial && this.#segmented;
+      const previous = path && (offset > 0 || segmentsGoOn) ? await readValidators(path) : undefined;
       const resumable = offset > 0 && previous?.source === this.req.source && (segmentedPartial || !previous.segmented);
+      // Segments know from their sidecar what is missing; this request only has to confirm the file and its size,
+      // so it asks for one byte under If-Range instead of a whole body to be cut off.
+      const sizeProbe = segmentsGoOn && previous?.source === this.req.source ? resumeProbe(previous) : undefined;
       let finished = path && !resumable ? await this.#finishedFile(path) : undefined;
       if (finished && path && this.req.sha256) {
         // The caller's checksum decides without asking the server anything.
@@ -243,7 +247,9 @@ class Attempt {
       const conditional: Record<string, string> = finished
         ? { "if-modified-since": new Date(finished.mtimeMs).toUTCString() }
         : {};
-      const { response, url } = await this.#get(resumable ? resumeHeaders(offset, previous) : conditional);
+      const { response, url } = await this.#get(
+        resumable ? resumeHeaders(offset, previous) : (sizeProbe ?? conditional),
+      );
       try {
         if (!path) {
           this.downloadPath = join(
@@ -523,6 +529,12 @@ class Attempt {
     }
     return hash;
   }
+}
+
+/** The first byte under If-Range: a 206 with the file's size when the server still has the same file. */
+function resumeProbe(validators: Validators): Record<string, string> | undefined {
+  const ifRange = ifRangeFor(validators);
+  return ifRange ? { range: "bytes=0-0", "if-range": ifRange } : undefined;
 }
 
 /** A message about a job's source names the URL once: as it is when it names one, else in front. */

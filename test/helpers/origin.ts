@@ -37,6 +37,8 @@ export interface RouteOptions {
   throttleBytesPerSec?: number;
   latencyMs?: number;
   headers?: Record<string, string>;
+  /** Answer If-Modified-Since with 304 when the content is not newer (default true, as most servers do). */
+  conditional?: boolean;
 }
 
 export interface RecordedRequest {
@@ -47,6 +49,8 @@ export interface RecordedRequest {
   at: number;
   /** Which connection carried it: numbered in the order the origin accepted them. */
   connection: number;
+  /** Body bytes the origin handed to the socket for it so far (the status line and headers not counted). */
+  bodyBytes: number;
 }
 
 export interface Route {
@@ -54,6 +58,8 @@ export interface Route {
   readonly url: string;
   readonly size: number;
   readonly requests: RecordedRequest[];
+  /** Body bytes sent for this route, over all its requests. */
+  readonly bodyBytes: number;
   sha256(): Promise<string>;
   content(): Buffer;
   update(patch: Partial<RouteOptions>): void;
@@ -167,6 +173,10 @@ class RouteImpl implements Route {
   ) {
     this.opts = {};
     this.update(opts);
+  }
+
+  get bodyBytes(): number {
+    return this.requests.reduce((sum, r) => sum + r.bodyBytes, 0);
   }
 
   get size(): number {
@@ -292,7 +302,13 @@ function isGone(res: ServerResponse): boolean {
   return res.destroyed || (res.socket?.destroyed ?? false);
 }
 
-async function pump(res: ServerResponse, read: (n: number) => Buffer, total: number, rate?: number): Promise<void> {
+async function pump(
+  res: ServerResponse,
+  read: (n: number) => Buffer,
+  total: number,
+  rate: number | undefined,
+  record: RecordedRequest,
+): Promise<void> {
   const t0 = performance.now();
   const slice = rate ? Math.max(1, Math.min(THROTTLE_SLICE, Math.floor(rate / 20))) : CHUNK;
   let sent = 0;
@@ -309,6 +325,7 @@ async function pump(res: ServerResponse, read: (n: number) => Buffer, total: num
     }
     const ok = res.write(read(n));
     sent += n;
+    record.bodyBytes += n;
     if (!ok) await drained(res);
   }
 }
@@ -320,7 +337,12 @@ function sendText(res: ServerResponse, status: number, body: string, headers: Re
   res.end(body);
 }
 
-async function serveRoute(route: RouteImpl, req: IncomingMessage, res: ServerResponse): Promise<void> {
+async function serveRoute(
+  route: RouteImpl,
+  req: IncomingMessage,
+  res: ServerResponse,
+  record: RecordedRequest,
+): Promise<void> {
   const fault = route.nextFault();
   const opts = route.opts;
   if (fault?.kind === "hangup") {
@@ -363,6 +385,18 @@ async function serveRoute(route: RouteImpl, req: IncomingMessage, res: ServerRes
   if (lastModified !== null) res.setHeader("Last-Modified", lastModified);
   if (opts.contentDisposition !== undefined) res.setHeader("Content-Disposition", opts.contentDisposition);
 
+  const ifModifiedSince = Date.parse(req.headers["if-modified-since"] ?? "");
+  if (
+    (opts.conditional ?? true) &&
+    lastModified !== null &&
+    req.headers.range === undefined &&
+    Date.parse(lastModified) <= ifModifiedSince
+  ) {
+    res.writeHead(304);
+    res.end();
+    return;
+  }
+
   let status = 200;
   let start = 0;
   let end = size;
@@ -389,7 +423,7 @@ async function serveRoute(route: RouteImpl, req: IncomingMessage, res: ServerRes
   const bodyLength = req.method === "HEAD" ? 0 : end - start;
   const bodyFault = fault && "afterBytes" in fault ? fault : undefined;
   const limit = bodyFault ? Math.min(bodyFault.afterBytes, bodyLength) : bodyLength;
-  await pump(res, route.reader(start), limit, opts.throttleBytesPerSec);
+  await pump(res, route.reader(start), limit, opts.throttleBytesPerSec, record);
   if (!bodyFault) {
     res.end();
     return;
@@ -428,6 +462,7 @@ export async function startOrigin(): Promise<Origin> {
       headers: req.headers,
       at: Date.now(),
       connection,
+      bodyBytes: 0,
     };
     requests.push(record);
     inFlight++;
@@ -440,7 +475,7 @@ export async function startOrigin(): Promise<Origin> {
       return;
     }
     route.requests.push(record);
-    serveRoute(route, req, res).catch((err: unknown) => {
+    serveRoute(route, req, res, record).catch((err: unknown) => {
       if (res.headersSent) res.destroy();
       else sendText(res, 500, String(err));
     });
