@@ -159,6 +159,31 @@ describe("destinations", () => {
     assert.deepEqual(await listFiles(disk), []);
   });
 
+  test("parallel jobs cannot overbook a disk: the one that does not fit fails at once, the others complete", async (t) => {
+    const disk = await smallTmpfs(t, 4 * 1024 * 1024);
+    if (!disk) {
+      t.skip("this machine does not allow mounting a tmpfs");
+      return;
+    }
+    // Each fits alone (1.5 MB of 4.19 MB); two fit together; the third is refused while the two are running.
+    const routes = [1, 2, 3].map((i) =>
+      origin.route(`/overbook-${i}.bin`, { size: 1_500_000, throttleBytesPerSec: 3_000_000 }),
+    );
+    const queue = new DownloadQueue({ retryDelayMs: 20, logger: memoryLogger().logger });
+    const jobs = routes.map((route) => queue.download({ source: route.url, dest: `${disk}/` }));
+    await queue.join();
+    await queue.stop();
+    const failed = jobs.filter((job) => job.status === "error");
+    assert.deepEqual(jobs.map((job) => job.status).sort(), ["completed", "completed", "error"]);
+    assert.equal(failed[0]?.errorType, "InsufficientDiskSpace");
+    assert.match(
+      failed[0]?.error ?? "",
+      /1\.50 MB needed, 1\.\d\d MB free \(of \d\.\d\d MB free, \d\.\d\d MB are for downloads already running\)/,
+    );
+    const done = jobs.filter((job) => job.status === "completed");
+    assert.deepEqual(await listFiles(disk), done.map((job) => job.downloadPath?.split("/").at(-1)).sort());
+  });
+
   test("a disk that fills up mid-transfer (no Content-Length to check) ends the job with DiskFull", async (t) => {
     const disk = await smallTmpfs(t, 1024 * 1024);
     if (!disk) {

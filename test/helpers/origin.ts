@@ -60,6 +60,8 @@ export interface Route {
   readonly requests: RecordedRequest[];
   /** Body bytes sent for this route, over all its requests. */
   readonly bodyBytes: number;
+  /** The Last-Modified it serves (null: none). */
+  readonly lastModified: string | null;
   sha256(): Promise<string>;
   content(): Buffer;
   update(patch: Partial<RouteOptions>): void;
