@@ -17,25 +17,26 @@ const EVENT_NAMES = [
 type EventName = (typeof EVENT_NAMES)[number];
 type Status = "waiting" | "running" | "paused" | "completed" | "cancelled" | "error";
 
+/** The job JSON: unset fields are absent (the seed's exclude_none) or null (as FastAPI sends them); both are read. */
 interface WireJob {
   id: number;
   source: string;
   dest: string;
   priority: number;
   status: Status;
-  download_path?: string;
+  download_path?: string | null;
   bytes: number;
   total_bytes: number;
-  error_type?: string;
+  error_type?: string | null;
 }
 
 interface EventData {
   id: number;
   source: string;
-  download_path?: string;
-  current_bytes?: number;
-  total_bytes?: number;
-  error_type?: string;
+  download_path?: string | null;
+  current_bytes?: number | null;
+  total_bytes?: number | null;
+  error_type?: string | null;
 }
 
 interface QueuedEvent {
@@ -52,6 +53,7 @@ class JobView {
   readonly #name = document.createElement("label");
   readonly #status = document.createElement("span");
   readonly #source = document.createElement("p");
+  readonly #dest = document.createElement("p");
   readonly #progress = document.createElement("progress");
   readonly #stats = document.createElement("p");
   readonly #pause = button("Pause");
@@ -68,6 +70,7 @@ class JobView {
     this.#progress.id = progressId;
     this.#status.className = "status";
     this.#source.className = "source";
+    this.#dest.className = "dest";
     this.#stats.className = "stats";
     const head = document.createElement("div");
     head.className = "job-head";
@@ -75,7 +78,7 @@ class JobView {
     const actions = document.createElement("div");
     actions.className = "actions";
     actions.append(this.#pause, this.#resume, this.#cancel);
-    this.item.append(head, this.#source, this.#progress, this.#stats, actions);
+    this.item.append(head, this.#source, this.#dest, this.#progress, this.#stats, actions);
     this.#pause.addEventListener("click", () => act(this, "pause"));
     this.#resume.addEventListener("click", () => act(this, "resume"));
     this.#cancel.addEventListener("click", () => act(this, "cancel"));
@@ -103,16 +106,22 @@ class JobView {
     this.#status.textContent = statusText(job);
     this.#source.textContent = job.source;
     this.#source.title = job.source;
+    // Where the file goes: the file itself once the server has named it, else the folder or file asked for.
+    this.#dest.textContent = `to ${job.download_path || job.dest}`;
     const total = job.total_bytes;
-    if (total > 0) {
+    if (job.status === "completed") {
+      this.#progress.max = total > 0 ? total : 1;
+      this.#progress.value = this.#progress.max;
+    } else if (total > 0) {
       this.#progress.max = total;
       this.#progress.value = Math.min(job.bytes, total);
-    } else if (job.status === "completed") {
-      this.#progress.max = 1;
-      this.#progress.value = 1;
-    } else {
+    } else if (job.status === "running") {
       // No value attribute: the indeterminate bar, until the server says how large the file is.
       this.#progress.removeAttribute("value");
+    } else {
+      // Waiting, paused, failed or cancelled with no size known: an empty bar, never one that looks busy.
+      this.#progress.max = 1;
+      this.#progress.value = 0;
     }
     this.#stats.textContent = this.#statsText();
     const active = job.status === "waiting" || job.status === "running";
@@ -188,10 +197,10 @@ function button(text: string): HTMLButtonElement {
   return control;
 }
 
+/** The file's own name once the server has chosen it (a dest naming a file included), else the URL's. */
 function displayName(job: WireJob): string {
-  const path = job.download_path ?? "";
-  const fromPath = path.split("/").filter(Boolean).at(-1);
-  if (fromPath && job.download_path !== job.dest) return fromPath;
+  const fromPath = (job.download_path ?? "").split("/").filter(Boolean).at(-1);
+  if (fromPath) return fromPath;
   try {
     const fromUrl = new URL(job.source).pathname.split("/").filter(Boolean).at(-1);
     if (fromUrl) return decodeURIComponent(fromUrl);
@@ -272,7 +281,7 @@ function show(job: WireJob): JobView {
   const list = element<HTMLUListElement>("jobs");
   const after = [...jobs.values()].filter((other) => other.job.id > job.id).sort((a, b) => a.job.id - b.job.id)[0];
   list.insertBefore(view.item, after ? after.item.nextSibling : list.firstChild);
-  element("empty").hidden = true;
+  showEmpty(undefined);
   return view;
 }
 
@@ -290,7 +299,7 @@ async function loadJobs(): Promise<void> {
       }
     }
     for (const job of list) show(job);
-    element("empty").hidden = jobs.size > 0;
+    showEmpty(jobs.size === 0 ? "No downloads yet." : undefined);
     const queued = pending;
     pending = undefined;
     for (const event of queued) if (event.number > snapshotEvent) apply(event);
@@ -299,19 +308,39 @@ async function loadJobs(): Promise<void> {
   }
 }
 
+/** Jobs being fetched whole, each with whether an event about it arrived while its answer was on the way. */
+const fetching = new Map<number, boolean>();
+
+/**
+ * A job someone else submitted: fetch it whole (dest, priority) rather than guess from the event. An answer may
+ * predate events that arrive while it travels (a quick cancel after the start), so those trigger one more fetch.
+ */
+function fetchJob(id: number): void {
+  if (fetching.has(id)) {
+    fetching.set(id, true);
+    return;
+  }
+  fetching.set(id, false);
+  api("GET", `/i/${id}`)
+    .then((response) => response.json())
+    .then((job: WireJob) => show(job))
+    .catch(() => {})
+    .finally(() => {
+      const outdated = fetching.get(id);
+      fetching.delete(id);
+      if (outdated) fetchJob(id);
+    });
+}
+
 function apply({ name, data }: QueuedEvent): void {
   const view = jobs.get(data.id);
-  if (!view) {
-    // A job someone else submitted: fetch it whole (dest, priority) rather than guess from the event.
-    api("GET", `/i/${data.id}`)
-      .then((response) => response.json())
-      .then((job: WireJob) => show(job))
-      .catch(() => {});
+  if (!view || fetching.has(data.id)) {
+    fetchJob(data.id);
     return;
   }
   const patch: Partial<WireJob> = {};
   if (data.download_path) patch.download_path = data.download_path;
-  if (data.total_bytes !== undefined && data.total_bytes > 0) patch.total_bytes = data.total_bytes;
+  if (data.total_bytes) patch.total_bytes = data.total_bytes;
   switch (name) {
     case "download_started":
       patch.status = "running";
@@ -376,9 +405,20 @@ function reportLoadError(err: unknown): void {
   setConnection("offline", `Cannot load the downloads: ${err instanceof Error ? err.message : String(err)}`);
 }
 
+/** The line where the list would be: why it is empty, or hidden when there is a list. */
+function showEmpty(text: string | undefined): void {
+  const line = element("empty");
+  line.hidden = text === undefined;
+  if (text !== undefined) line.textContent = text;
+}
+
 function askForToken(): void {
   events?.close();
   setConnection("signin", "Sign in required");
+  // What was listed may not be this visitor's to see, and "No downloads yet" would be untrue: say what is needed.
+  for (const view of jobs.values()) view.item.remove();
+  jobs.clear();
+  showEmpty("Sign in with the access token to see the downloads.");
   const form = element<HTMLFormElement>("token-form");
   if (!form.hidden) return;
   form.hidden = false;
