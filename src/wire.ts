@@ -1,6 +1,7 @@
 /**
  * The one place where dlqueue's camelCase becomes the snake_case that InvokeAI's clients read: job JSON, event
- * payloads and REST bodies. Absent fields are omitted (InvokeAI's `exclude_none`); secrets never appear.
+ * payloads and REST bodies. The library's job JSON and events omit absent fields (InvokeAI's `exclude_none`); the REST
+ * API's jobs carry every field, `null` when unset, as FastAPI sends them. Secrets never appear.
  */
 import type { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 import type { DownloadRequest, MultiFileDownloadRequest } from "./queue.js";
@@ -61,6 +62,70 @@ export function multiJobToWire(job: MultiFileDownloadJob): WireMultiFileJob {
     error: job.error,
     download_parts: job.downloadParts.map(jobToWire),
   });
+}
+
+/**
+ * A job as InvokeAI's REST API sends it: FastAPI serializes every field of the pydantic model, `null` when unset,
+ * where the library's JSON omits them (`exclude_none`). The model's `access_token` is never sent.
+ */
+export interface RestJob {
+  source: string;
+  dest: string;
+  id: number;
+  priority: number;
+  status: DownloadJobStatus;
+  download_path: string | null;
+  job_started: string | null;
+  job_ended: string | null;
+  bytes: number;
+  total_bytes: number;
+  content_type: string | null;
+  error_type: string | null;
+  error: string | null;
+}
+
+export interface RestMultiFileJob {
+  id: number;
+  dest: string;
+  status: DownloadJobStatus;
+  download_path: string;
+  bytes: number;
+  total_bytes: number;
+  error_type: string | null;
+  error: string | null;
+  download_parts: RestJob[];
+}
+
+export function jobToRest(job: DownloadJob): RestJob {
+  return {
+    source: job.source,
+    dest: job.dest,
+    id: job.id,
+    priority: job.priority,
+    status: job.status,
+    download_path: job.downloadPath ?? null,
+    job_started: job.jobStarted?.toISOString() ?? null,
+    job_ended: job.jobEnded?.toISOString() ?? null,
+    bytes: job.bytes,
+    total_bytes: job.totalBytes,
+    content_type: job.contentType ?? null,
+    error_type: job.errorType ?? null,
+    error: job.error ?? null,
+  };
+}
+
+export function multiJobToRest(job: MultiFileDownloadJob): RestMultiFileJob {
+  return {
+    id: job.id,
+    dest: job.dest,
+    status: job.status,
+    download_path: job.downloadPath,
+    bytes: job.bytes,
+    total_bytes: job.totalBytes,
+    error_type: job.errorType ?? null,
+    error: job.error ?? null,
+    download_parts: job.downloadParts.map(jobToRest),
+  };
 }
 
 /** Payloads as the seed lists them for each event, plus the job's `id`. */

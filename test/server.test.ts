@@ -6,7 +6,7 @@ import { mkdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
-import type { DownloadQueue, WireJob, WireMultiFileJob } from "../src/index.js";
+import type { DownloadQueue } from "../src/index.js";
 import { EventHub, type HubEvent } from "../src/server/events.js";
 import { prepareRoot, resolveDest } from "../src/server/paths.js";
 import { isLoopbackHost, tokenMatches } from "../src/server/security.js";
@@ -18,6 +18,7 @@ import {
   redirectGuard,
   UnresolvableHostError,
 } from "../src/server/ssrf.js";
+import type { RestJob, RestMultiFileJob } from "../src/wire.js";
 import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 import { API, type Service, SseReader, startService, waitUntil } from "./helpers/service.js";
@@ -29,11 +30,11 @@ before(async () => {
 after(() => origin.close());
 
 /** Polls the API until the job reaches `status`. */
-async function jobReaches(service: Service, id: number, status: string, timeoutMs = 15_000): Promise<WireJob> {
+async function jobReaches(service: Service, id: number, status: string, timeoutMs = 15_000): Promise<RestJob> {
   return waitUntil(
     async () => {
       const reply = await service.call("GET", `${API}/i/${id}`);
-      const job = reply.json as WireJob;
+      const job = reply.json as RestJob;
       return job.status === status ? job : undefined;
     },
     `job ${id} to be ${status}`,
@@ -192,7 +193,7 @@ describe("REST API", () => {
       body: { source: route.url, dest: "models/sd/", priority: 3 },
     });
     assert.equal(created.status, 200, created.text);
-    const job = created.json as WireJob;
+    const job = created.json as RestJob;
     assert.equal(job.source, route.url);
     assert.equal(job.dest, join(service.root, "models/sd"));
     assert.equal(job.priority, 3);
@@ -209,7 +210,7 @@ describe("REST API", () => {
     assert.equal(list.status, 200);
     assert.match(String(list.headers["x-last-event-id"]), /^\d+$/);
     assert.deepEqual(
-      (list.json as WireJob[]).map((j) => [j.id, j.status]),
+      (list.json as RestJob[]).map((j) => [j.id, j.status]),
       [[job.id, "completed"]],
     );
     // InvokeAI's paths work without the trailing slash too.
@@ -223,7 +224,7 @@ describe("REST API", () => {
       body: { source: route.url, dest: "", access_token: null },
     });
     assert.equal(created.status, 200, created.text);
-    const job = created.json as WireJob;
+    const job = created.json as RestJob;
     assert.equal(job.priority, 10);
     assert.equal(job.dest, service.root);
     await jobReaches(service, job.id, "completed");
@@ -232,8 +233,8 @@ describe("REST API", () => {
       body: { parts: [{ url: route.url, path: "copy/root.bin" }], dest: "" },
     });
     assert.equal(multi.status, 200, multi.text);
-    assert.equal((multi.json as WireMultiFileJob).download_path, join(service.root, "copy"));
-    await jobReaches(service, (multi.json as WireMultiFileJob).id, "completed");
+    assert.equal((multi.json as RestMultiFileJob).download_path, join(service.root, "copy"));
+    await jobReaches(service, (multi.json as RestMultiFileJob).id, "completed");
     assert.equal(await fileSha256(join(service.root, "copy/root.bin")), await route.sha256());
   });
 
@@ -251,20 +252,104 @@ describe("REST API", () => {
       },
     });
     assert.equal(created.status, 200, created.text);
-    const multi = created.json as WireMultiFileJob;
+    const multi = created.json as RestMultiFileJob;
     assert.equal(multi.download_parts.length, 2);
     assert.equal(multi.download_path, join(service.root, "models/sdxl"));
     await waitUntil(
-      async () => ((await service.call("GET", `${API}/i/${multi.id}`)).json as WireMultiFileJob).status === "completed",
+      async () => ((await service.call("GET", `${API}/i/${multi.id}`)).json as RestMultiFileJob).status === "completed",
       "the multi-file job to complete",
     );
     assert.equal(await fileSha256(join(service.root, "models/sdxl/unet/model.safetensors")), await a.sha256());
     assert.equal(await fileSha256(join(service.root, "models/sdxl/vae/config.json")), await b.sha256());
     const list = await service.call("GET", `${API}/multi/`);
     assert.deepEqual(
-      (list.json as WireMultiFileJob[]).map((m) => [m.id, m.status]),
+      (list.json as RestMultiFileJob[]).map((m) => [m.id, m.status]),
       [[multi.id, "completed"]],
     );
+  });
+
+  test("REST jobs carry every field of InvokeAI's DownloadJob, null when unset; the library keeps exclude_none", async (t) => {
+    const service = await startService(t, { queueOptions: { maxParallelDownloads: 1 } });
+    const fields = [
+      "source",
+      "dest",
+      "id",
+      "priority",
+      "status",
+      "download_path",
+      "job_started",
+      "job_ended",
+      "bytes",
+      "total_bytes",
+      "content_type",
+      "error_type",
+      "error",
+    ];
+    const slow = origin.route("/api/fields-slow.bin", {
+      size: 256 * 1024,
+      throttleBytesPerSec: 512 * 1024,
+      contentType: "application/x-safetensors",
+    });
+    const first = (await service.call("POST", `${API}/i/`, { body: { source: slow.url, dest: "" } })).json as RestJob;
+    const waiting = await service.call("POST", `${API}/i/`, {
+      body: { source: `${origin.url}/api/not-here.bin`, dest: "" },
+    });
+    const job = waiting.json as RestJob;
+    assert.deepEqual(Object.keys(job), fields);
+    assert.equal(job.status, "waiting");
+    for (const key of ["download_path", "job_started", "job_ended", "content_type", "error_type", "error"] as const)
+      assert.equal(job[key], null, key);
+    // The library's own JSON is the seed's exclude_none form: no nulls, unset fields absent.
+    const library = JSON.parse(JSON.stringify(service.queue.idToJob(job.id))) as Record<string, unknown>;
+    assert.ok(!Object.values(library).includes(null));
+    assert.ok(!("download_path" in library) && !("content_type" in library));
+
+    const done = await jobReaches(service, first.id, "completed");
+    assert.deepEqual(Object.keys(done), fields);
+    assert.equal(done.content_type, "application/x-safetensors");
+    assert.equal(done.error_type, null);
+    assert.equal(done.error, null);
+    assert.match(String(done.job_ended), /^\d{4}-\d\d-\d\dT.*Z$/);
+    const failed = await jobReaches(service, job.id, "error");
+    assert.equal(failed.error_type, "HTTPError(Not Found)");
+    assert.equal(typeof failed.error, "string");
+    const listed = (await service.call("GET", `${API}/`)).json as RestJob[];
+    for (const each of listed) assert.deepEqual(Object.keys(each), fields);
+
+    const part = origin.route("/api/fields-part.bin", { size: 1000, contentType: "application/json" });
+    const multi = await service.call("POST", `${API}/multi/`, {
+      body: { parts: [{ url: part.url, path: "p.json" }], dest: "m" },
+    });
+    const multiJob = multi.json as RestMultiFileJob;
+    assert.deepEqual(Object.keys(multiJob), [
+      "id",
+      "dest",
+      "status",
+      "download_path",
+      "bytes",
+      "total_bytes",
+      "error_type",
+      "error",
+      "download_parts",
+    ]);
+    assert.equal(multiJob.error_type, null);
+    assert.deepEqual(Object.keys(multiJob.download_parts[0] ?? {}), fields);
+    await waitUntil(
+      async () =>
+        ((await service.call("GET", `${API}/i/${multiJob.id}`)).json as RestMultiFileJob).status === "completed",
+      "the multi-file job to complete",
+    );
+    const multiDone = (await service.call("GET", `${API}/multi/`)).json as RestMultiFileJob[];
+    assert.equal(multiDone[0]?.download_parts[0]?.content_type, "application/json");
+
+    // The OpenAPI page says which fields may be null.
+    const spec = (await service.call("GET", "/docs/json")).json as {
+      components: { schemas: Record<string, { properties: Record<string, { type: string; nullable?: boolean }> }> };
+    };
+    const documented = spec.components.schemas.DownloadJob?.properties ?? {};
+    for (const key of ["download_path", "job_started", "job_ended", "content_type", "error_type", "error"])
+      assert.deepEqual([documented[key]?.type, documented[key]?.nullable], ["string", true], key);
+    assert.ok(spec.components.schemas.HTTPValidationError, "the 422 body is documented");
   });
 
   test("cancel one job, cancel all, prune: 204s, no files left, pruned jobs are gone", async (t) => {
@@ -274,7 +359,7 @@ describe("REST API", () => {
     const ids: number[] = [];
     for (const name of ["one.bin", "two.bin", "three.bin"]) {
       const reply = await service.call("POST", `${API}/i/`, { body: { source: slow(name).url, dest: "" } });
-      ids.push((reply.json as WireJob).id);
+      ids.push((reply.json as RestJob).id);
     }
     const [first, ...rest] = ids as [number, number, number];
     await jobReaches(service, first, "running");
@@ -298,9 +383,9 @@ describe("REST API", () => {
   test("pause keeps the partial file; resume continues it with a Range request and completes byte-exact", async (t) => {
     const service = await startService(t);
     const route = origin.route("/api/pausable.bin", { size: 1024 * 1024, throttleBytesPerSec: 512 * 1024 });
-    const job = (await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } })).json as WireJob;
+    const job = (await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } })).json as RestJob;
     await waitUntil(
-      async () => ((await service.call("GET", `${API}/i/${job.id}`)).json as WireJob).bytes > 64 * 1024,
+      async () => ((await service.call("GET", `${API}/i/${job.id}`)).json as RestJob).bytes > 64 * 1024,
       "some bytes",
     );
     const paused = await service.call("POST", `${API}/i/${job.id}/pause`);
@@ -332,21 +417,17 @@ describe("REST API", () => {
     assert.match((unknownRoute.json as { detail: string }).detail, /No route GET \/api\/v2\/nothing/);
   });
 
-  test("400s say what to fix: unknown fields, bad URLs, schemes, destinations, types, bodies", async (t) => {
+  test("refusals say what to fix: bad URLs, schemes, destinations, bodies (400, 413, 415)", async (t) => {
     const service = await startService(t);
     const outside = await tempDir(t);
     await symlink(outside, join(service.root, "escape"));
     const source = origin.route("/api/never.bin", { size: 10 }).url;
     const cases: [string, unknown, RegExp][] = [
-      ["unknown field", { source, dest: "", foo: 1 }, /unknown field "foo"; remove it \(accepted: source, dest/],
-      ["missing dest", { source }, /missing the required field "dest"/],
       ["bad URL", { source: "not a url", dest: "" }, /Invalid URL "not a url": give an absolute http/],
       ["ftp", { source: "ftp://example.com/f", dest: "" }, /Unsupported URL scheme "ftp:"/],
       ["absolute dest", { source, dest: "/etc/cron.d" }, /absolute path/],
       ["dot-dot dest", { source, dest: "models/../../etc" }, /contains "\.\."/],
       ["symlink escape", { source, dest: "escape/x" }, /symbolic link to .* outside the download root/],
-      ["priority type", { source, dest: "", priority: "high" }, /priority must be integer/],
-      ["token type", { source, dest: "", access_token: { value: "x" } }, /access_token must be string,null/],
     ];
     for (const [name, body, detail] of cases) {
       const reply = await service.call("POST", `${API}/i/`, { body });
@@ -354,12 +435,6 @@ describe("REST API", () => {
       assert.match((reply.json as { detail: string }).detail, detail, name);
     }
     const multiCases: [string, unknown, RegExp][] = [
-      ["no parts", { parts: [], dest: "" }, /parts must NOT have fewer than 1 items/],
-      [
-        "part field",
-        { parts: [{ url: source, path: "a", sha: "x" }], dest: "" },
-        /parts\/0 has an unknown field "sha"/,
-      ],
       ["part escape", { parts: [{ url: source, path: "../a" }], dest: "m" }, /contains "\.\."/],
       ["part scheme", { parts: [{ url: "file:///etc/passwd", path: "a" }], dest: "" }, /Unsupported URL scheme/],
     ];
@@ -368,15 +443,18 @@ describe("REST API", () => {
       assert.equal(reply.status, 400, `${name}: ${reply.text}`);
       assert.match((reply.json as { detail: string }).detail, detail, name);
     }
-    const badId = await service.call("GET", `${API}/i/abc`);
-    assert.equal(badId.status, 400);
-    assert.match((badId.json as { detail: string }).detail, /params\/id must be integer/);
     const badJson = await service.call("POST", `${API}/i/`, {
       rawBody: "{not json",
       headers: { "content-type": "application/json" },
     });
     assert.equal(badJson.status, 400);
     assert.match((badJson.json as { detail: string }).detail, /not valid JSON/);
+    const empty = await service.call("POST", `${API}/i/`, {
+      rawBody: "",
+      headers: { "content-type": "application/json" },
+    });
+    assert.equal(empty.status, 400);
+    assert.match((empty.json as { detail: string }).detail, /body is empty/);
     const text = await service.call("POST", `${API}/i/`, { rawBody: "x", headers: { "content-type": "text/plain" } });
     assert.equal(text.status, 415);
     assert.match((text.json as { detail: string }).detail, /application\/json/);
@@ -385,6 +463,247 @@ describe("REST API", () => {
     assert.match((huge.json as { detail: string }).detail, /too large/);
     assert.equal(origin.requests.filter((r) => r.path === "/api/never.bin").length, 0);
     assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+  });
+
+  test("body validation is FastAPI's: 422 with a detail list, nothing converted, each msg says what to send", async (t) => {
+    const service = await startService(t);
+    const source = origin.route("/api/never-422.bin", { size: 10 }).url;
+    type Issue = { loc: (string | number)[]; msg: string; type: string };
+    const cases: [string, unknown, Issue[]][] = [
+      [
+        "priority as a string",
+        { source, dest: "", priority: "5" },
+        [
+          {
+            loc: ["body", "priority"],
+            msg: 'priority must be a whole number, not the string "5"; send 5 without quotes.',
+            type: "int_type",
+          },
+        ],
+      ],
+      [
+        "priority fractional",
+        { source, dest: "", priority: 1.5 },
+        [{ loc: ["body", "priority"], msg: "priority must be a whole number, not the number 1.5.", type: "int_type" }],
+      ],
+      [
+        "priority too large",
+        { source, dest: "", priority: 2 ** 31 },
+        [
+          {
+            loc: ["body", "priority"],
+            msg: "priority must be at most 2147483647, not the number 2147483648.",
+            type: "less_than_equal",
+          },
+        ],
+      ],
+      [
+        "priority too small",
+        { source, dest: "", priority: -(2 ** 31) - 1 },
+        [
+          {
+            loc: ["body", "priority"],
+            msg: "priority must be at least -2147483648, not the number -2147483649.",
+            type: "greater_than_equal",
+          },
+        ],
+      ],
+      [
+        "source as a number",
+        { source: 5, dest: "" },
+        [{ loc: ["body", "source"], msg: "source must be a string, not the number 5.", type: "string_type" }],
+      ],
+      [
+        "dest null",
+        { source, dest: null },
+        [{ loc: ["body", "dest"], msg: "dest must be a string, not null.", type: "string_type" }],
+      ],
+      ["missing dest", { source }, [{ loc: ["body", "dest"], msg: "Field required: add dest.", type: "missing" }]],
+      [
+        "token as an object",
+        { source, dest: "", access_token: { value: "x" } },
+        [
+          {
+            loc: ["body", "access_token"],
+            msg: "access_token must be a string or null, not an object.",
+            type: "string_type",
+          },
+        ],
+      ],
+      [
+        "every failure listed",
+        { source: true, priority: "high" },
+        [
+          { loc: ["body", "dest"], msg: "Field required: add dest.", type: "missing" },
+          { loc: ["body", "source"], msg: "source must be a string, not true.", type: "string_type" },
+          {
+            loc: ["body", "priority"],
+            msg: 'priority must be a whole number, not the string "high".',
+            type: "int_type",
+          },
+        ],
+      ],
+      ["body a list", [], [{ loc: ["body"], msg: "The body must be an object, not a list.", type: "dict_type" }]],
+    ];
+    for (const [name, body, detail] of cases) {
+      const reply = await service.call("POST", `${API}/i/`, { body });
+      assert.equal(reply.status, 422, `${name}: ${reply.text}`);
+      assert.deepEqual(
+        (reply.json as { detail: Issue[] }).detail.sort((a, b) => a.msg.localeCompare(b.msg)),
+        detail.sort((a, b) => a.msg.localeCompare(b.msg)),
+        name,
+      );
+    }
+    const multiCases: [string, unknown, Issue[]][] = [
+      [
+        "no parts",
+        { parts: [], dest: "" },
+        [{ loc: ["body", "parts"], msg: "parts must list at least 1 item; it is empty.", type: "too_short" }],
+      ],
+      [
+        "part url a number",
+        {
+          parts: [
+            { url: source, path: "a" },
+            { url: 7, path: "b" },
+          ],
+          dest: "",
+        },
+        [
+          {
+            loc: ["body", "parts", 1, "url"],
+            msg: "parts[1].url must be a string, not the number 7.",
+            type: "string_type",
+          },
+        ],
+      ],
+      [
+        "part path empty",
+        { parts: [{ url: source, path: "" }], dest: "" },
+        [{ loc: ["body", "parts", 0, "path"], msg: "parts[0].path must not be empty.", type: "string_too_short" }],
+      ],
+    ];
+    for (const [name, body, detail] of multiCases) {
+      const reply = await service.call("POST", `${API}/multi/`, { body });
+      assert.equal(reply.status, 422, `${name}: ${reply.text}`);
+      assert.deepEqual((reply.json as { detail: Issue[] }).detail, detail, name);
+    }
+    assert.equal(origin.requests.filter((r) => r.path === "/api/never-422.bin").length, 0);
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+
+    // The bounds themselves are accepted.
+    for (const priority of [2 ** 31 - 1, -(2 ** 31)]) {
+      const reply = await service.call("POST", `${API}/i/`, { body: { source, dest: `p${priority}`, priority } });
+      assert.equal(reply.status, 200, reply.text);
+      assert.equal((reply.json as RestJob).priority, priority);
+    }
+  });
+
+  test("unknown fields are ignored, as pydantic does, and never reach the queue", async (t) => {
+    const service = await startService(t);
+    const route = origin.route("/api/extra-fields.bin", { size: 2048 });
+    const reply = await service.call("POST", `${API}/i/`, {
+      body: { source: route.url, dest: "x.bin", sha256: "0".repeat(64), headers: { cookie: "c=1" }, foo: 1 },
+    });
+    assert.equal(reply.status, 200, reply.text);
+    const job = reply.json as Record<string, unknown>;
+    for (const key of ["sha256", "headers", "foo"]) assert.ok(!(key in job), key);
+    // A sha256 that reached the queue would fail this download with ChecksumMismatch.
+    const done = await jobReaches(service, job.id as number, "completed");
+    assert.equal(done.error_type, null);
+    assert.equal(route.requests[0]?.headers.cookie, undefined);
+    assert.equal(await fileSha256(join(service.root, "x.bin")), await route.sha256());
+    const multi = await service.call("POST", `${API}/multi/`, {
+      body: { parts: [{ url: route.url, path: "m/y.bin", sha256: "0".repeat(64) }], dest: "", extra: true },
+    });
+    assert.equal(multi.status, 200, multi.text);
+    await waitUntil(
+      async () => ((await service.call("GET", `${API}/multi/`)).json as RestMultiFileJob[])[0]?.status === "completed",
+      "the multi-file job to complete",
+    );
+  });
+
+  test("__proto__, constructor and prototype keys are refused as not allowed, anywhere in a body", async (t) => {
+    const service = await startService(t);
+    const source = origin.route("/api/never-proto.bin", { size: 10 }).url;
+    const bodies: [string, string, string][] = [
+      ["/i/", `{"source":"${source}","dest":"","__proto__":{"priority":1}}`, "__proto__"],
+      ["/i/", `{"source":"${source}","dest":"","constructor":{"prototype":{"x":1}}}`, "prototype"],
+      ["/i/", `{"source":"${source}","dest":"","constructor":1}`, "constructor"],
+      ["/i/", `{"source":"${source}","dest":"","prototype":1}`, "prototype"],
+      ["/multi/", `{"parts":[{"url":"${source}","path":"a","__proto__":{}}],"dest":""}`, "__proto__"],
+    ];
+    for (const [route, rawBody, key] of bodies) {
+      const reply = await service.call("POST", `${API}${route}`, {
+        rawBody,
+        headers: { "content-type": "application/json" },
+      });
+      assert.equal(reply.status, 400, rawBody);
+      const { detail } = reply.json as { detail: string };
+      assert.match(detail, new RegExp(`The field ${key} is not allowed`), rawBody);
+      assert.doesNotMatch(detail, /not valid JSON/);
+    }
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+  });
+
+  test("ids that cannot exist are 404 with a detail, on every route that takes one", async (t) => {
+    const service = await startService(t);
+    for (const id of ["-1", "abc", "1.5", "99999999999999999999", "9007199254740992", "1e3", "0x1", "%20"]) {
+      for (const [method, path] of [
+        ["GET", `/i/${id}`],
+        ["DELETE", `/i/${id}`],
+        ["POST", `/i/${id}/pause`],
+        ["POST", `/i/${id}/resume`],
+      ] as const) {
+        const reply = await service.call(method, `${API}${path}`);
+        assert.equal(reply.status, 404, `${method} ${path}: ${reply.text}`);
+        assert.match((reply.json as { detail: string }).detail, /No job with id .*job ids are whole numbers from 0/);
+      }
+    }
+  });
+
+  test("names longer than the file system allows are refused at submission, for dest and part paths", async (t) => {
+    const service = await startService(t);
+    const route = origin.route("/api/never-long.bin", { size: 10 });
+    const folder256 = "é".repeat(128); // 128 characters, 256 bytes
+    const file201 = `${"a".repeat(197)}.bin`;
+    const cases: [string, string, unknown, RegExp][] = [
+      ["/i/", "folder", { source: route.url, dest: `${folder256}/` }, /name of 256 bytes.*at most 255 bytes/],
+      ["/i/", "inner folder", { source: route.url, dest: `m/${folder256}/x.bin` }, /name of 256 bytes/],
+      ["/i/", "file", { source: route.url, dest: `m/${file201}` }, /names a file of 201 bytes.*at most 200/],
+      [
+        "/multi/",
+        "part file",
+        { parts: [{ url: route.url, path: `unet/${file201}` }], dest: "sd" },
+        /names a file of 201 bytes/,
+      ],
+      [
+        "/multi/",
+        "part folder",
+        { parts: [{ url: route.url, path: `${folder256}/x` }], dest: "" },
+        /name of 256 bytes/,
+      ],
+    ];
+    for (const [path, name, body, why] of cases) {
+      const reply = await service.call("POST", `${API}${path}`, { body });
+      assert.equal(reply.status, 400, `${name}: ${reply.text}`);
+      assert.match((reply.json as { detail: string }).detail, why, name);
+    }
+    assert.deepEqual((await service.call("GET", `${API}/`)).json, []);
+    assert.equal(route.requests.length, 0);
+
+    // At the limits, the same names download: a 255-byte folder, a 200-byte file, and a long folder named with "/".
+    const ok = origin.route("/api/long-ok.bin", { size: 1000 });
+    const folder255 = `${"é".repeat(127)}f`;
+    const file200 = `${"b".repeat(196)}.bin`;
+    const accepted = [`${folder255}/${file200}`, `${"c".repeat(240)}/`];
+    for (const dest of accepted) {
+      const reply = await service.call("POST", `${API}/i/`, { body: { source: ok.url, dest } });
+      assert.equal(reply.status, 200, reply.text);
+      await jobReaches(service, (reply.json as RestJob).id, "completed");
+    }
+    assert.equal(await fileSha256(join(service.root, folder255, file200)), await ok.sha256());
+    assert.equal(await fileSha256(join(service.root, "c".repeat(240), "long-ok.bin")), await ok.sha256());
   });
 
   test("an access token is used for the download but never appears in a response or an event", async (t) => {
@@ -403,9 +722,10 @@ describe("REST API", () => {
     const unknownField = await service.call("POST", `${API}/i/`, {
       body: { source: guarded.url, dest: "", access_token: secret, token: secret },
     });
-    assert.equal(unknownField.status, 400);
-    const okJob = await jobReaches(service, (ok.json as WireJob).id, "completed");
-    const failedJob = await jobReaches(service, (failed.json as WireJob).id, "error");
+    assert.equal(unknownField.status, 200, unknownField.text);
+    assert.ok(!("token" in (unknownField.json as object)));
+    const okJob = await jobReaches(service, (ok.json as RestJob).id, "completed");
+    const failedJob = await jobReaches(service, (failed.json as RestJob).id, "error");
     assert.match(String(failedJob.error_type), /HTTPError\(Forbidden\)/);
     assert.equal(guarded.requests[0]?.headers.authorization, `Bearer ${secret}`);
     await events.waitFor((e) => e.event === "download_error");
@@ -700,7 +1020,7 @@ describe("SSRF", () => {
         body: { source: `http://files.test:${port}${path}`, dest: "" },
       });
       assert.equal(reply.status, 200, reply.text);
-      return (reply.json as WireJob).id;
+      return (reply.json as RestJob).id;
     };
     const toLoopback = await jobReaches(service, await submit("/redirect/to-loopback"), "error");
     assert.equal(toLoopback.error_type, "BlockedAddressError");
@@ -726,7 +1046,7 @@ describe("event stream", () => {
     const submit = async (name: string, size: number) => {
       const route = origin.route(`/sse/${name}`, { size });
       const reply = await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } });
-      return (reply.json as WireJob).id;
+      return (reply.json as RestJob).id;
     };
     const first = await submit("one.bin", 300_000);
     await reader.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === first);
@@ -770,7 +1090,7 @@ describe("event stream", () => {
     const reader = await SseReader.open(`${service.base}${API}/events`);
     const route = origin.route("/sse/coalesced.bin", { size: 768 * 1024, throttleBytesPerSec: 384 * 1024 });
     const reply = await service.call("POST", `${API}/i/`, { body: { source: route.url, dest: "" } });
-    const id = (reply.json as WireJob).id;
+    const id = (reply.json as RestJob).id;
     const started = performance.now();
     await reader.waitFor((e) => e.event === "download_complete" && JSON.parse(e.data).id === id);
     const seconds = (performance.now() - started) / 1000;
@@ -887,7 +1207,7 @@ describe("dlqueue serve", () => {
         headers: body ? { ...auth, "content-type": "application/json" } : auth,
         body: body ? JSON.stringify(body) : undefined,
       });
-      return { status: response.statusCode, json: (await response.body.json()) as WireJob & WireJob[] };
+      return { status: response.statusCode, json: (await response.body.json()) as RestJob & RestJob[] };
     };
 
     const first = serve(args, dir);

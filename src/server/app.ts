@@ -14,9 +14,10 @@ import { DlqError, type DownloadQueue, defaultLogger, type Logger } from "../ind
 import { EventHub, type EventHubOptions } from "./events.js";
 import { prepareRoot } from "./paths.js";
 import { API_PREFIX, queueRoutes } from "./routes.js";
-import { errorSchema, jobSchema, multiJobSchema } from "./schemas.js";
+import { errorSchema, jobSchema, multiJobSchema, validationErrorSchema } from "./schemas.js";
 import { installAccessControl, markRoutesPublic } from "./security.js";
 import type { Resolver } from "./ssrf.js";
+import { parseJsonBody, validationIssues } from "./validation.js";
 
 // Two levels up from both src/server/app.ts and dist/server/app.js.
 const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
@@ -59,17 +60,26 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     // Closing must not wait on connections a client opened and never used (browsers and undici open spares).
     forceCloseConnections: true,
     routerOptions: { ignoreTrailingSlash: true },
-    // Refuse unknown fields instead of silently dropping them; `verbose` lets the error name the accepted ones.
-    ajv: { customOptions: { removeAdditional: false, verbose: true } },
+    // As pydantic: no type conversion ("5" is not an integer), unknown fields dropped before the handler sees the
+    // body, every failure listed; `verbose` gives each failure the value it refers to.
+    ajv: { customOptions: { coerceTypes: false, removeAdditional: true, allErrors: true, verbose: true } },
   });
 
   // Bodies are JSON only; a text/plain body (which any web page may send cross-site without asking) gets a 415.
-  app.removeContentTypeParser("text/plain");
+  app.removeContentTypeParser(["application/json", "text/plain"]);
+  app.addContentTypeParser("application/json", { parseAs: "string" }, (_request, body, done) => {
+    try {
+      done(null, parseJsonBody(body as string));
+    } catch (err) {
+      done(err as Error, undefined);
+    }
+  });
   app.setErrorHandler((error: FastifyError, _request, reply) => {
-    if (error.validation) return reply.code(400).send({ detail: describeValidation(error) });
+    if (error.validation) {
+      return reply.code(422).send({ detail: validationIssues(error.validation, error.validationContext) });
+    }
     if (error instanceof DlqError) {
-      const status = error.code === "DLQ_ERR_UNKNOWN_JOB_ID" ? 404 : error.code === "DLQ_ERR_QUEUE_STOPPED" ? 503 : 400;
-      return reply.code(status).send({ detail: error.message });
+      return reply.code(STATUS_OF_CODE[error.code] ?? 400).send({ detail: error.message });
     }
     if (error.statusCode !== undefined && error.statusCode < 500) {
       return reply.code(error.statusCode).send({ detail: describeHttpError(error) });
@@ -85,7 +95,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
 
   installAccessControl(app, { authToken: options.authToken, cors: options.cors });
 
-  for (const schema of [jobSchema, multiJobSchema, errorSchema]) app.addSchema(schema);
+  for (const schema of [jobSchema, multiJobSchema, errorSchema, validationErrorSchema]) app.addSchema(schema);
   await app.register(fastifySwagger, {
     openapi: {
       info: {
@@ -142,6 +152,12 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
   return app;
 }
 
+const STATUS_OF_CODE: Record<string, number> = {
+  DLQ_ERR_UNKNOWN_JOB_ID: 404,
+  DLQ_ERR_INVALID_JOB_ID: 404,
+  DLQ_ERR_QUEUE_STOPPED: 503,
+};
+
 /** The page loads only its own files and talks only to this server. */
 const PAGE_CSP =
   "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; " +
@@ -153,32 +169,13 @@ function findWebRoot(): string | undefined {
   return [join(here, "../web"), join(here, "../../dist/web")].find((dir) => existsSync(join(dir, "index.html")));
 }
 
-function describeValidation(error: FastifyError): string {
-  const first = error.validation?.[0];
-  const where = `${error.validationContext ?? "request"}${first?.instancePath ?? ""}`;
-  if (first?.keyword === "additionalProperties") {
-    const field = String(first.params.additionalProperty);
-    const { parentSchema } = first as { parentSchema?: { properties?: object } };
-    const accepted = Object.keys(parentSchema?.properties ?? {});
-    return `${where} has an unknown field ${JSON.stringify(field)}; remove it (accepted: ${accepted.join(", ")}).`;
-  }
-  if (first?.keyword === "required") {
-    return `${where} is missing the required field ${JSON.stringify(String(first.params.missingProperty))}.`;
-  }
-  return `${error.message}.`;
-}
-
 function describeHttpError(error: FastifyError): string {
   switch (error.code) {
     case "FST_ERR_CTP_BODY_TOO_LARGE":
       return `The request body is too large: ${error.message}.`;
     case "FST_ERR_CTP_INVALID_MEDIA_TYPE":
       return `${error.message}: send the body as application/json.`;
-    case "FST_ERR_CTP_EMPTY_JSON_BODY":
-      return "The body is empty but Content-Type says JSON: send a JSON object.";
     default:
-      return error.code === "FST_ERR_CTP_INVALID_JSON_BODY" || error instanceof SyntaxError
-        ? `The body is not valid JSON (${error.message}); send a JSON object.`
-        : error.message;
+      return error.message;
   }
 }

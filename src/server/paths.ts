@@ -3,7 +3,7 @@
  * folder under it, never a path elsewhere on this machine, whether by an absolute path, by "..", or through a
  * symbolic link that points out of the root.
  */
-import { lstat, mkdir, realpath } from "node:fs/promises";
+import { lstat, mkdir, realpath, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, sep } from "node:path";
 import { DlqError } from "../index.js";
 
@@ -12,6 +12,21 @@ export class DestinationOutsideRootError extends DlqError {
     super(message, "DLQ_ERR_DEST_OUTSIDE_ROOT");
   }
 }
+
+/** A name the file system cannot hold: refused at submission rather than failing the job later (ENAMETOOLONG). */
+export class NameTooLongError extends DlqError {
+  constructor(message: string) {
+    super(message, "DLQ_ERR_NAME_TOO_LONG");
+  }
+}
+
+/** What Linux, macOS and Windows file systems allow for one name. */
+const NAME_MAX_BYTES = 255;
+/**
+ * A file's own name leaves room for its partial's suffixes (`.downloading.segments.json`, `.downloading-<pid>-<n>`);
+ * the queue cuts names it takes from a server to the same length (files/names.ts).
+ */
+const FILE_NAME_MAX_BYTES = 200;
 
 /** Creates the root if needed and returns its real path, which every check below compares against. */
 export async function prepareRoot(root: string): Promise<string> {
@@ -38,6 +53,25 @@ export async function resolveDest(root: string, dest: string): Promise<string> {
     throw new DestinationOutsideRootError(
       `dest ${shown} contains "..", which could leave the download root; give a path inside it, e.g. "models/sd".`,
     );
+  }
+  for (const segment of segments) {
+    const bytes = Buffer.byteLength(segment);
+    if (bytes > NAME_MAX_BYTES) {
+      throw new NameTooLongError(
+        `dest ${shownName(dest)} has a name of ${bytes} bytes (${shownName(segment)}); file systems allow at most ` +
+          `${NAME_MAX_BYTES} bytes (UTF-8) per folder or file name: shorten it.`,
+      );
+    }
+  }
+  const last = segments.at(-1);
+  if (last !== undefined && !/[\\/]$/.test(dest) && Buffer.byteLength(last) > FILE_NAME_MAX_BYTES) {
+    if (!(await isDirectory(join(root, dest)))) {
+      throw new NameTooLongError(
+        `dest ${shownName(dest)} names a file of ${Buffer.byteLength(last)} bytes (${shownName(last)}); a file name ` +
+          `may have at most ${FILE_NAME_MAX_BYTES} bytes (UTF-8), to leave room for its partial file's suffix: ` +
+          'shorten it, or end dest with "/" to make it a folder.',
+      );
+    }
   }
   // Walk the part of the path that exists: a link anywhere along it may point out of the root. What does not exist
   // yet will be created below the last existing folder, which by then is known to be inside.
@@ -69,6 +103,20 @@ export async function resolveDest(root: string, dest: string): Promise<string> {
     }
   }
   return join(root, dest);
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** A name for a message, its middle cut when long, so the message stays readable. */
+function shownName(name: string): string {
+  const chars = Array.from(name);
+  return JSON.stringify(chars.length > 60 ? `${chars.slice(0, 28).join("")}…${chars.slice(-28).join("")}` : name);
 }
 
 function isInside(root: string, path: string): boolean {

@@ -3,10 +3,12 @@
  * the event stream. Mounted under API_PREFIX.
  */
 import type { FastifyInstance } from "fastify";
-import type { DownloadQueue } from "../index.js";
+import { DlqError, type DownloadQueue, MultiFileDownloadJob } from "../index.js";
 import {
   downloadRequestFromWire,
+  jobToRest,
   multiFileRequestFromWire,
+  multiJobToRest,
   type WireDownloadRequest,
   type WireMultiFileDownloadRequest,
 } from "../wire.js";
@@ -22,6 +24,7 @@ import {
   multiDownloadBody,
   noContent,
   notFound,
+  unprocessable,
 } from "./schemas.js";
 import { type AddressPolicy, assertPublicUrl, parseSource } from "./ssrf.js";
 
@@ -60,7 +63,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
     },
     async (_request, reply) => {
       reply.header(LAST_EVENT_HEADER, String(hub.lastId));
-      return queue.listJobs().map((job) => job.toJSON());
+      return queue.listJobs().map(jobToRest);
     },
   );
 
@@ -90,14 +93,14 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         operationId: "download",
         summary: "Queue a download",
         body: downloadBody,
-        response: { 200: { $ref: "DownloadJob#" }, 400: badRequest },
+        response: { 200: { $ref: "DownloadJob#" }, 400: badRequest, 422: unprocessable },
       },
     },
     async (request) => {
       const body = request.body;
       await checkSource(body.source, policy);
       const dest = await resolveDest(root, body.dest);
-      return queue.download(downloadRequestFromWire(body, dest)).toJSON();
+      return jobToRest(queue.download(downloadRequestFromWire(body, dest)));
     },
   );
 
@@ -110,7 +113,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         operationId: "multifile_download",
         summary: "Queue several files under one dest; one failing fails (and cancels) them all",
         body: multiDownloadBody,
-        response: { 200: { $ref: "MultiFileDownloadJob#" }, 400: badRequest },
+        response: { 200: { $ref: "MultiFileDownloadJob#" }, 400: badRequest, 422: unprocessable },
       },
     },
     async (request) => {
@@ -119,7 +122,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       const dest = await resolveDest(root, body.dest);
       // The queue keeps each part's path inside dest; this also refuses links below dest that lead out of the root.
       for (const part of body.parts) await resolveDest(root, body.dest ? `${body.dest}/${part.path}` : part.path);
-      return queue.multifileDownload(multiFileRequestFromWire(body, dest)).toJSON();
+      return multiJobToRest(queue.multifileDownload(multiFileRequestFromWire(body, dest)));
     },
   );
 
@@ -134,7 +137,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         response: { 200: { type: "array", items: { $ref: "MultiFileDownloadJob#" } } },
       },
     },
-    async () => queue.listMultifileJobs().map((job) => job.toJSON()),
+    async () => queue.listMultifileJobs().map(multiJobToRest),
   );
 
   app.get<{ Params: IdParams }>(
@@ -152,7 +155,10 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         },
       },
     },
-    async (request) => queue.idToJob(request.params.id).toJSON(),
+    async (request) => {
+      const job = queue.idToJob(jobId(request.params.id));
+      return job instanceof MultiFileDownloadJob ? multiJobToRest(job) : jobToRest(job);
+    },
   );
 
   app.delete<{ Params: IdParams }>(
@@ -168,7 +174,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (request, reply) => {
-      queue.cancelJob(request.params.id);
+      queue.cancelJob(jobId(request.params.id));
       return reply.code(204).send();
     },
   );
@@ -207,7 +213,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         },
       },
       async (request, reply) => {
-        const { id } = request.params;
+        const id = jobId(request.params.id);
         if (action === "pause") queue.pauseJob(id);
         else queue.resumeJob(id);
         return reply.code(204).send();
@@ -250,6 +256,23 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       res.on("close", untrack);
     },
   );
+}
+
+/** Answered 404 like an unknown id: a client asking for `/i/-1` has the wrong job, not a malformed request. */
+export class InvalidJobIdError extends DlqError {
+  constructor(id: string) {
+    super(
+      `No job with id ${JSON.stringify(id)}: job ids are whole numbers from 0; GET ${API_PREFIX}/ lists the jobs.`,
+      "DLQ_ERR_INVALID_JOB_ID",
+    );
+  }
+}
+
+/** The id in a path, as a number; anything that cannot be a job's id (negative, fractional, beyond 2^53) is a 404. */
+function jobId(text: string): number {
+  const id = /^\d{1,16}$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(id)) throw new InvalidJobIdError(text);
+  return id;
 }
 
 async function checkSource(source: string, policy: AddressPolicy): Promise<void> {

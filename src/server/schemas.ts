@@ -1,14 +1,18 @@
 /**
- * JSON schemas of every body, parameter and response: Fastify validates requests with them (unknown fields are
- * refused, not dropped) and @fastify/swagger turns them into the OpenAPI document at /docs.
+ * JSON schemas of every body, parameter and response: Fastify validates requests with them (without converting types:
+ * `"5"` is not an integer; unknown fields are dropped, as pydantic ignores them) and @fastify/swagger turns them into
+ * the OpenAPI document at /docs.
  */
 
 const status = {
   type: "string",
   enum: ["waiting", "running", "paused", "completed", "cancelled", "error"],
 } as const;
+const nullableString = (description: string) => ({ type: ["string", "null"], description }) as const;
+const timestamp = (description: string) =>
+  ({ type: ["string", "null"], format: "date-time", description: `${description} (ISO 8601, UTC)` }) as const;
 
-/** InvokeAI's DownloadJob as dlqueue writes it (src/wire.ts); absent fields are omitted. */
+/** InvokeAI's DownloadJob as its REST API sends it (src/wire.ts jobToRest): every field, null when unset. */
 export const jobSchema = {
   $id: "DownloadJob",
   type: "object",
@@ -18,15 +22,30 @@ export const jobSchema = {
     id: { type: "integer" },
     priority: { type: "integer" },
     status,
-    download_path: { type: "string" },
-    job_started: { type: "string", format: "date-time" },
-    job_ended: { type: "string", format: "date-time" },
+    download_path: nullableString("The file being written, once the server has answered."),
+    job_started: timestamp("When the transfer started"),
+    job_ended: timestamp("When the job completed, failed or was cancelled"),
     bytes: { type: "integer" },
-    total_bytes: { type: "integer" },
-    error_type: { type: "string" },
-    error: { type: "string" },
+    total_bytes: { type: "integer", description: "0 while unknown." },
+    content_type: nullableString("The response's Content-Type."),
+    error_type: nullableString('A short label, e.g. "HTTPError(Not Found)".'),
+    error: nullableString("What went wrong, in full."),
   },
-  required: ["source", "dest", "id", "priority", "status", "bytes", "total_bytes"],
+  required: [
+    "source",
+    "dest",
+    "id",
+    "priority",
+    "status",
+    "download_path",
+    "job_started",
+    "job_ended",
+    "bytes",
+    "total_bytes",
+    "content_type",
+    "error_type",
+    "error",
+  ],
   // Fields a later version adds must reach clients rather than be dropped by the serializer.
   additionalProperties: true,
 } as const;
@@ -38,14 +57,14 @@ export const multiJobSchema = {
     id: { type: "integer" },
     dest: { type: "string" },
     status,
-    download_path: { type: "string" },
+    download_path: { type: "string", description: "The parts' common root folder." },
     bytes: { type: "integer" },
     total_bytes: { type: "integer" },
-    error_type: { type: "string" },
-    error: { type: "string" },
+    error_type: nullableString("A short label of the first part's failure."),
+    error: nullableString("What went wrong, in full."),
     download_parts: { type: "array", items: { $ref: "DownloadJob#" } },
   },
-  required: ["id", "dest", "status", "download_path", "bytes", "total_bytes", "download_parts"],
+  required: ["id", "dest", "status", "download_path", "bytes", "total_bytes", "error_type", "error", "download_parts"],
   additionalProperties: true,
 } as const;
 
@@ -56,7 +75,18 @@ export const errorSchema = {
   required: ["detail"],
 } as const;
 
-const priority = { type: "integer", default: 10, description: "Lower runs first." } as const;
+/**
+ * A signed 32-bit range: what every client language's plain int holds, and far more levels than a queue needs.
+ */
+export const PRIORITY_MIN = -(2 ** 31);
+export const PRIORITY_MAX = 2 ** 31 - 1;
+const priority = {
+  type: "integer",
+  minimum: PRIORITY_MIN,
+  maximum: PRIORITY_MAX,
+  default: 10,
+  description: "Lower runs first.",
+} as const;
 const accessToken = {
   type: ["string", "null"],
   maxLength: 4096,
@@ -101,15 +131,15 @@ export const multiDownloadBody = {
   additionalProperties: false,
 } as const;
 
+/** A string, not an integer: an id that cannot exist (`-1`, `abc`, `1.5`) is a 404 like an unknown one. */
 export const idParams = {
   type: "object",
-  properties: { id: { type: "integer", minimum: 0, description: "The job's id." } },
+  properties: { id: { type: "string", description: "The job's id, a whole number from 0." } },
   required: ["id"],
-  additionalProperties: false,
 } as const;
 
 export interface IdParams {
-  id: number;
+  id: string;
 }
 
 export const eventsQuery = {
@@ -120,7 +150,6 @@ export const eventsQuery = {
       description: "The auth token, for browsers' EventSource, which cannot send an Authorization header.",
     },
   },
-  additionalProperties: false,
 } as const;
 
 export interface EventsQuery {
@@ -130,3 +159,29 @@ export interface EventsQuery {
 export const noContent = { description: "Done.", type: "null" } as const;
 export const notFound = { description: "No job with this id.", $ref: "Error#" } as const;
 export const badRequest = { description: "The request was refused; `detail` says why.", $ref: "Error#" } as const;
+
+/** FastAPI's answer to a body that fails validation, which InvokeAI's clients parse. */
+export const validationErrorSchema = {
+  $id: "HTTPValidationError",
+  type: "object",
+  properties: {
+    detail: {
+      type: "array",
+      items: {
+        type: "object",
+        properties: {
+          loc: {
+            type: "array",
+            items: { anyOf: [{ type: "string" }, { type: "integer" }] },
+            description: 'Where: ["body", "priority"], ["body", "parts", 0, "url"].',
+          },
+          msg: { type: "string", description: "What is wrong and what to send instead." },
+          type: { type: "string", description: 'pydantic\'s error type, e.g. "missing", "int_type".' },
+        },
+        required: ["loc", "msg", "type"],
+      },
+    },
+  },
+  required: ["detail"],
+} as const;
+export const unprocessable = { description: "The body failed validation.", $ref: "HTTPValidationError#" } as const;
