@@ -262,7 +262,10 @@ async function api(method: string, path: string, body?: unknown): Promise<Respon
   if (!response.ok) {
     const detail = await response
       .json()
-      .then((json: { detail?: string }) => json.detail)
+      // 422s list each invalid field, as FastAPI does.
+      .then((json: { detail?: string | { msg: string }[] }) =>
+        Array.isArray(json.detail) ? json.detail.map((issue) => issue.msg).join(" ") : json.detail,
+      )
       .catch(() => undefined);
     throw new Error(detail ?? `${method} ${path} failed with HTTP ${response.status}`);
   }
