@@ -6,7 +6,9 @@
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
-import { existsSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { createServer, request as httpRequest } from "node:http";
+import { type AddressInfo, connect, type Socket } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
@@ -14,7 +16,8 @@ import { fileURLToPath } from "node:url";
 import { Agent } from "undici";
 import { tokenRulesFromEnv } from "../src/cli/get.js";
 import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
-import { formatBytes, formatDuration } from "../src/cli/progress.js";
+import { parseNumber, parseRate } from "../src/cli/numbers.js";
+import { clearedRows, displayWidth, fitWidth, formatBytes, formatDuration, formatLine } from "../src/cli/progress.js";
 import { DownloadQueue } from "../src/index.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 
@@ -144,15 +147,88 @@ const hasUtilLinuxScript = (() => {
   }
 })();
 
-/** Runs `node <script> args` inside a 120x40 pseudo-terminal; stdout and stderr both reach the terminal. */
-function runInPty(script: string, args: string[], env = cleanEnv()): Promise<{ code: number | null; screen: string }> {
-  const command = `stty cols 120 rows 40 && exec ${[process.execPath, script, ...args].map(shellQuote).join(" ")}`;
+/** Runs `node <script> args` inside a pseudo-terminal (120x40 by default); stdout and stderr both reach it. */
+function runInPty(
+  script: string,
+  args: string[],
+  env = cleanEnv(),
+  columns = 120,
+): Promise<{ code: number | null; screen: string }> {
+  const command = `stty cols ${columns} rows 40 && exec ${[process.execPath, script, ...args].map(shellQuote).join(" ")}`;
   const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: work, env, stdio: ["pipe", "pipe", "pipe"] });
   let output = "";
   child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
     output += chunk;
   });
   return new Promise((resolve) => child.on("close", (code) => resolve({ code, screen: output })));
+}
+
+/**
+ * What a terminal of `columns` columns shows after `output`, scrollback included: enough of a VT100 for what
+ * cli-progress and readline send (text that wraps at the last column, CR, LF, cursor up/down/column, erase in line
+ * and below), with wide characters taking two cells. A line wider than the terminal wraps here as it does there.
+ */
+function terminalRows(output: string, columns: number): string[] {
+  const rows: string[][] = [[]];
+  let row = 0;
+  let column = 0;
+  let pendingWrap = false;
+  const line = () => {
+    while (rows.length <= row) rows.push([]);
+    return rows[row] as string[];
+  };
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: parsing terminal output is the point
+  const tokens = /\u001b\[([?0-9;]*)([A-Za-z])|\u001b[78]|\r|\n|[^\u001b\r\n]+/gsu;
+  const segmenter = new Intl.Segmenter();
+  for (const match of output.matchAll(tokens)) {
+    const [token, params = "", command] = match;
+    if (token === "\r") {
+      column = 0;
+      pendingWrap = false;
+    } else if (token === "\n") {
+      row++;
+      column = 0;
+      pendingWrap = false;
+    } else if (command) {
+      const n = Number(params || "1");
+      if (command === "A") row = Math.max(0, row - n);
+      else if (command === "B") row += n;
+      else if (command === "C") column = Math.min(columns - 1, column + n);
+      else if (command === "D") column = Math.max(0, column - n);
+      else if (command === "G") column = n - 1;
+      else if (command === "K") {
+        const cells = line();
+        if (params === "2") cells.length = 0;
+        else if (params === "1") cells.fill(" ", 0, column + 1);
+        else cells.length = Math.min(cells.length, column);
+      } else if (command === "J") {
+        line().length = Math.min(line().length, column);
+        rows.length = row + 1;
+      }
+      if ("ABCDG".includes(command)) pendingWrap = false;
+    } else if (token.startsWith("\u001b")) {
+      // Save and restore cursor: cli-progress does not use them with these options.
+    } else {
+      for (const { segment } of segmenter.segment(token)) {
+        const width = displayWidth(segment);
+        if (pendingWrap || column + width > columns) {
+          row++;
+          column = 0;
+          pendingWrap = false;
+        }
+        const cells = line();
+        while (cells.length < column) cells.push(" ");
+        cells[column] = segment;
+        if (width === 2) cells[column + 1] = "";
+        column += width;
+        if (column >= columns) {
+          column = columns - 1;
+          pendingWrap = true;
+        }
+      }
+    }
+  }
+  return rows.map((cells) => cells.join("").trimEnd());
 }
 
 /** Every state each line of the board went through, escape sequences removed. */
@@ -634,5 +710,272 @@ describe("formatting", () => {
     assert.equal(formatDuration(7.4), "0:07");
     assert.equal(formatDuration(754), "12:34");
     assert.equal(formatDuration(3723), "1:02:03");
+  });
+});
+
+/** Every file name in `dir`, subfolders included, for checks that nothing (a lock, a partial) was left behind. */
+function filesIn(dir: string): string[] {
+  return readdirSync(dir, { recursive: true, encoding: "utf8" });
+}
+
+/** An HTTP proxy for the tests: CONNECT tunnels and absolute-form requests, each recorded. */
+async function startProxy(): Promise<{ url: string; seen: string[]; close: () => Promise<void> }> {
+  const seen: string[] = [];
+  const sockets = new Set<Socket>();
+  const server = createServer((req, res) => {
+    seen.push(`${req.method} ${req.url}`);
+    const upstream = httpRequest(req.url ?? "", { method: req.method, headers: req.headers }, (answer) => {
+      res.writeHead(answer.statusCode ?? 502, answer.headers);
+      answer.pipe(res);
+    });
+    upstream.on("error", () => res.destroy());
+    req.pipe(upstream);
+  });
+  server.on("connection", (socket) => {
+    sockets.add(socket);
+    socket.on("close", () => sockets.delete(socket));
+  });
+  server.on("connect", (req, client: Socket, head) => {
+    seen.push(`CONNECT ${req.url}`);
+    const [host = "", port = ""] = (req.url ?? "").split(":");
+    const target = connect(Number(port), host, () => {
+      client.write("HTTP/1.1 200 Connection Established\r\n\r\n");
+      target.write(head);
+      target.pipe(client);
+      client.pipe(target);
+    });
+    sockets.add(target);
+    target.on("close", () => sockets.delete(target));
+    target.on("error", () => client.destroy());
+    client.on("error", () => target.destroy());
+  });
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `http://127.0.0.1:${port}`,
+    seen,
+    close: () =>
+      new Promise((resolve) => {
+        for (const socket of sockets) socket.destroy();
+        server.close(() => resolve());
+      }),
+  };
+}
+
+describe("dlqueue get: -d is a folder, -o a file", () => {
+  it("-d DIR writes into DIR even when it does not exist and has no slash; -o FILE writes exactly FILE", async () => {
+    const route = origin.route("/where/w.bin", { size: 20_000 });
+    const dir = freshDir();
+    const intoFolder = await runCli(["get", "-q", "-d", join(dir, "models"), route.url]);
+    assert.equal(intoFolder.code, 0, intoFolder.stderr);
+    assert.ok(statSync(join(dir, "models")).isDirectory(), "-d models is a folder, not a file named models");
+    await assertFile(join(dir, "models", "w.bin"), route);
+
+    const exact = await runCli(["get", "-q", "-o", join(dir, "exact", "named.bin"), route.url]);
+    assert.equal(exact.code, 0, exact.stderr);
+    await assertFile(join(dir, "exact", "named.bin"), route);
+
+    // -o is relative to -d, as aria2's -o is to its -d and curl's -o to --output-dir.
+    const both = await runCli(["get", "-q", "-d", join(dir, "base"), "-o", "sub/x.bin", route.url]);
+    assert.equal(both.code, 0, both.stderr);
+    await assertFile(join(dir, "base", "sub", "x.bin"), route);
+  });
+});
+
+describe("dlqueue get: wide characters", () => {
+  const cjk = "模型权重文件非常长的名字模型权重文件非常长的名字.safetensors";
+  const emoji = "🚀✨🦙🚀✨🦙🚀✨🦙🚀✨🦙🚀✨🦙🚀✨🦙-weights.bin";
+
+  it("board lines never exceed the terminal's columns; names are cut by width, keeping the end", () => {
+    const live = { bytes: 123_456_789, totalBytes: 4_987_654_321, speed: 12_345_678, note: "ETA 1:02:03" };
+    const done = {
+      bytes: 4_987_654_321,
+      totalBytes: 4_987_654_321,
+      bytesOnly: true,
+      speed: 1e7,
+      note: "done in 12:34",
+    };
+    for (const width of [59, 79, 99, 119, 159]) {
+      for (const name of [cjk, emoji, "a.bin", "Total 3/12 done"]) {
+        for (const fields of [live, done, { bytes: 5_000, totalBytes: 0 }]) {
+          const text = formatLine(width, { name, ...fields });
+          assert.ok(displayWidth(text) <= width, `${displayWidth(text)} > ${width}: ${text}`);
+        }
+      }
+      // The bar starts at one column whatever the name's script, so the board's columns line up.
+      const barAt = (name: string) => {
+        const text = formatLine(width, { name, ...live });
+        return displayWidth(text.slice(0, text.indexOf("[")));
+      };
+      assert.equal(barAt(cjk), barAt("a.bin"), `width ${width}`);
+      assert.equal(barAt(emoji), barAt("a.bin"), `width ${width}`);
+    }
+    for (const [text, width] of [
+      [cjk, 7],
+      [cjk, 8],
+      [emoji, 9],
+      ["abc", 5],
+    ] as const) {
+      assert.equal(displayWidth(fitWidth(text, width)), width, `fitWidth(${text}, ${width})`);
+    }
+    // At 80 columns four shards keep their numbers and their extension.
+    const names = [1, 2, 3, 4].map((n) => {
+      const text = formatLine(79, { name: `model-0000${n}-of-00004.safetensors`, ...live, note: "ETA 0:14" });
+      return text.slice(0, text.indexOf("  "));
+    });
+    assert.equal(new Set(names).size, 4, names.join(" | "));
+    for (const name of names) assert.match(name, /^model-0000\d.*….*\.safetensors$/);
+  });
+
+  it("at 80 columns a CJK file name neither wraps nor scrolls the board; the table's columns line up", {
+    skip: hasUtilLinuxScript ? false : "needs util-linux script",
+  }, async () => {
+    const wide = origin.route(`/wide/${encodeURIComponent(cjk)}`, { size: 400_000, throttleBytesPerSec: 800_000 });
+    const narrow = origin.route("/wide/a.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(CLI, ["get", "-d", dir, wide.url, narrow.url], cleanEnv(), 80);
+    assert.equal(code, 0, screen);
+    await assertFile(join(dir, cjk), wide);
+    const rows = terminalRows(screen, 80);
+    for (const row of rows) assert.ok(displayWidth(row) <= 80, `a row wider than the terminal: ${row}`);
+    // A line that wraps puts the board one row lower at each redraw: old copies of it are left behind.
+    const totals = rows.filter((row) => row.startsWith("Total"));
+    assert.equal(totals.length, 1, `one total line on the screen:\n${rows.join("\n")}`);
+    assert.match(totals[0] ?? "", /^Total 2\/2 done .*100%.*done in/);
+    const headerAt = rows.findIndex((row) => row.startsWith("File"));
+    const header = rows[headerAt] ?? "";
+    const line = rows.slice(headerAt).find((row) => row.startsWith("模型")) ?? "";
+    const columnOf = (row: string, text: string) => displayWidth(row.slice(0, row.indexOf(text)));
+    assert.equal(columnOf(line, "completed"), columnOf(header, "Status"), `${header}\n${line}`);
+  });
+});
+
+describe("dlqueue get: messages go through the board", {
+  skip: hasUtilLinuxScript ? false : "needs util-linux script",
+}, () => {
+  it("a retry warning and a failure print above the bars, on rows of their own, whatever their length", async () => {
+    const slow = origin.route("/board/slow.bin", { size: 900_000, throttleBytesPerSec: 900_000 });
+    const flaky = origin.route("/board/flaky.bin", {
+      size: 600_000,
+      throttleBytesPerSec: 900_000,
+      faults: [{ kind: "drop", afterBytes: 200_000 }],
+    });
+    const missing = origin.route("/board/missing.bin", { latencyMs: 400, faults: [{ kind: "status", status: 404 }] });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(
+      CLI,
+      ["get", "--retry-delay", "0.1", "-d", dir, slow.url, flaky.url, missing.url],
+      cleanEnv(),
+      100,
+    );
+    assert.equal(code, 1, screen);
+    await assertFile(join(dir, "slow.bin"), slow);
+    await assertFile(join(dir, "flaky.bin"), flaky);
+    const rows = terminalRows(screen, 100);
+    assert.ok(
+      rows.some((row) => row.startsWith("warning: retry 1")),
+      rows.join("\n"),
+    );
+    assert.ok(
+      rows.some((row) => row.startsWith("error: HTTPError(Not Found)")),
+      rows.join("\n"),
+    );
+    // A message row written over a bar row without clearing it keeps the bar's tail: a row with board fragments
+    // (bar glyphs, a percent, a speed, an ETA) that does not start with a file name.
+    for (const row of rows.filter((r) => /[█░]|\d%|B\/s|ETA/.test(r))) {
+      assert.match(row, /^(slow\.bin|flaky\.bin|missing\.bin|Total) /, `a message over a bar:\n${rows.join("\n")}`);
+    }
+  });
+
+  it("clearedRows clears each row a message takes, its wrapped parts included", () => {
+    const text = clearedRows("error: x\n  a reason that is longer than ten columns", 10);
+    assert.deepEqual(text.split("\n").slice(0, -1), [
+      "\u001b[2Kerror: x",
+      "\u001b[2K  a reason",
+      "\u001b[2K that is l",
+      "\u001b[2Konger than",
+      "\u001b[2K ten colum",
+      "\u001b[2Kns",
+    ]);
+  });
+});
+
+describe("dlqueue get: a reader that goes away (EPIPE)", () => {
+  it("`get URL | head -2` stops quietly: exit 141, no stack trace, the lock released, the partial kept", async () => {
+    const route = origin.route("/pipe/big.bin", { size: 2_000_000, throttleBytesPerSec: 1_000_000 });
+    const dir = freshDir();
+    const run = new CliRun(["get", "-d", dir, route.url]);
+    await new Promise<void>((resolve) => {
+      const check = () => {
+        if (run.stdout.split("\n").length > 2) {
+          run.child.stdout?.off("data", check);
+          resolve();
+        }
+      };
+      run.child.stdout?.on("data", check);
+    });
+    run.child.stdout?.destroy();
+    const { code, stderr } = await run.exited;
+    assert.equal(code, 141, stderr);
+    assert.doesNotMatch(stderr, /Error|\n\s+at /, "no stack trace");
+    const left = filesIn(dir);
+    assert.deepEqual(
+      left.filter((name) => name.endsWith(".lock")),
+      [],
+      `no stale lock: ${left}`,
+    );
+    assert.ok(existsSync(join(dir, "big.bin.downloading")), `the partial is kept: ${left}`);
+  });
+
+  it("`help get | true` exits without a stack trace", async () => {
+    const output = execFileSync(
+      "bash",
+      ["-c", `${shellQuote(process.execPath)} ${shellQuote(CLI)} help get 2>&1 | true; echo "\${PIPESTATUS[0]}"`],
+      { env: cleanEnv(), encoding: "utf8" },
+    );
+    assert.match(output.trim(), /^(0|141)$/);
+  });
+});
+
+describe("dlqueue get: output for logs and for scripts", () => {
+  it("stdout not a terminal and no --json: plain lines at each tenth, then the table; no JSON", async () => {
+    const route = origin.route("/plain/log.bin", { size: 1_000_000, throttleBytesPerSec: 2_000_000 });
+    const dir = freshDir();
+    const { code, stdout, stderr } = await runCli(["get", "-d", dir, route.url]);
+    assert.equal(code, 0, stderr);
+    await assertFile(join(dir, "log.bin"), route);
+    assert.ok(!stdout.includes("{"), "no JSON without --json");
+    assert.ok(!stdout.includes("\u001b"), "no escape sequences in a log");
+    const lines = stdout.trimEnd().split("\n");
+    assert.match(lines[0] ?? "", new RegExp(`^log\\.bin: started \\(1\\.00 MB\\) from ${route.url}$`));
+    const percents = lines.flatMap((line) => {
+      const match = /^log\.bin: (\d+)% {2}\S+ [kM]?B of 1\.00 MB/.exec(line);
+      return match ? [Number(match[1])] : [];
+    });
+    assert.ok(percents.length >= 3 && percents.length <= 9, `a line per tenth, not per chunk: ${percents}`);
+    const tenths = percents.map((p) => Math.floor(p / 10));
+    assert.deepEqual(
+      tenths,
+      [...new Set(tenths)].sort((a, b) => a - b),
+      "one line per tenth, in order",
+    );
+    assert.ok(
+      lines.some((line) => /^log\.bin: done, 1\.00 MB in \d+:\d\d, \S+ [kM]B\/s$/.test(line)),
+      stdout,
+    );
+    assert.match(stdout, /\nFile\s+Size\s+Time\s+Avg speed\s+Status\nlog\.bin\s+1\.00 MB\s+.*completed\n$/);
+  });
+
+  it("--json on a terminal prints JSON lines only: no bars, no table", {
+    skip: hasUtilLinuxScript ? false : "needs util-linux script",
+  }, async () => {
+    const route = origin.route("/jsontty/j.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(CLI, ["get", "--json", "-d", dir, route.url]);
+    assert.equal(code, 0, screen);
+    assert.ok(!screen.includes("\u001b["), "no cursor movements: nothing is drawn");
+    const lines = screen.split(/\r?\n/).filter(Boolean);
+    for (const line of lines) assert.doesNotThrow(() => JSON.parse(line), `not a JSON line: ${line}`);
+    assert.ok(lines.some((line) => line.startsWith('{"event":"job"')));
   });
 });

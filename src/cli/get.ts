@@ -246,6 +246,18 @@ function collect(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), value];
 }
 
+/** While a run goes on: stops it when a reader closes our output (EPIPE), as Ctrl-C would. */
+let onOutputClosed: (() => void) | undefined;
+
+/**
+ * Called when a write to stdout or stderr failed because its reader went away (`| head`). Returns false when no
+ * run is going on, so the caller exits at once.
+ */
+export function outputClosed(): boolean {
+  onOutputClosed?.();
+  return onOutputClosed !== undefined;
+}
+
 /** One download to queue, and where it came from for messages. */
 interface Planned {
   source: string;
@@ -402,7 +414,9 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     // join() returns once the transfers are aborted and their files closed; the exit closes the connections.
     queue.stop().catch((err: unknown) => debug("%s", `stop: ${err}`));
   };
-  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM", "SIGPIPE"];
+  // Not process.on("SIGPIPE"): removing that listener would restore the signal's default action, which kills.
+  onOutputClosed = () => onSignal("SIGPIPE");
+  const signals: NodeJS.Signals[] = ["SIGINT", "SIGTERM"];
   for (const name of signals) process.on(name, onSignal);
   try {
     // download() only queues: transfers begin on a later microtask, so an entry rejected in this synchronous loop
@@ -441,6 +455,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     await queue.join();
   } finally {
     for (const name of signals) process.off(name, onSignal);
+    onOutputClosed = undefined;
   }
 
   const unfinished = jobs.filter((job) => !job.inTerminalState);

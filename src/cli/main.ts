@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 /** The `dlqueue` command. Exit status: 0 all done, 1 some downloads failed, 2 bad usage, 128+n on signal n. */
 import { readFileSync } from "node:fs";
+import { constants } from "node:os";
 import { Command, CommanderError } from "commander";
-import { addGetCommand, addResumeCommand } from "./get.js";
+import { addGetCommand, addResumeCommand, outputClosed } from "./get.js";
 import { addServeCommand } from "./serve.js";
 
 // Two levels up from both src/cli/main.ts and dist/cli/main.js.
@@ -22,13 +23,11 @@ addServeCommand(program);
 
 // A reader that stops early (`dlqueue get URL | head -2`, `dlqueue help get | head`) closes the pipe: the next write
 // fails with EPIPE, which would otherwise crash with a stack trace and leave the downloads' locks behind. A running
-// `get` stops as on Ctrl-C (SIGPIPE is Node's ignored signal, emitted here by name); anything else ends at once with
-// the status a shell gives a command killed by SIGPIPE.
-const SIGPIPE_STATUS = 141;
+// `get` stops as on Ctrl-C; anything else ends at once, with the status a shell gives a command killed by SIGPIPE.
 for (const stream of [process.stdout, process.stderr]) {
   stream.on("error", (err: NodeJS.ErrnoException) => {
     if (err.code !== "EPIPE" && err.code !== "ERR_STREAM_DESTROYED") throw err;
-    if (!process.emit("SIGPIPE", "SIGPIPE")) process.exit(SIGPIPE_STATUS);
+    if (!outputClosed()) process.exit(128 + constants.signals.SIGPIPE);
   });
 }
 

@@ -221,13 +221,15 @@ class JobLine implements BoardLine {
     if (job.status === "completed") {
       this.#endedAt ??= performance.now();
       const seconds = (this.#endedAt - this.#startedAt) / 1000;
-      const speed = seconds > 0 ? (job.bytes - this.#startBytes) / seconds : undefined;
+      const moved = job.bytes - this.#startBytes;
+      // Nothing moved: the file was complete before this run (a speed of 0 B/s would say the link is dead).
+      const already = moved === 0 && job.bytes > 0;
       return formatLine(width, {
         ...line,
         totalBytes: job.bytes,
         bytesOnly: true,
-        speed,
-        note: `done in ${formatDuration(seconds)}`,
+        speed: seconds > 0 && moved > 0 ? moved / seconds : undefined,
+        note: already ? "already complete" : `done in ${formatDuration(seconds)}`,
       });
     }
     const why = job.status === "error" ? "failed" : job.status === "cancelled" ? "cancelled" : "stopped";
@@ -389,6 +391,8 @@ export class PlainProgress {
     const now = performance.now();
     const tenth = this.#tenth(job);
     this.#jobs.set(job.id, { startedAt: now, startBytes: job.bytes, lastAt: now, lastTenth: tenth });
+    // A file complete before this run gets one line, when it is reported completed.
+    if (job.totalBytes > 0 && job.bytes >= job.totalBytes) return;
     const size = job.totalBytes > 0 ? formatBytes(job.totalBytes) : "size unknown";
     const resumed = job.bytes > 0 ? `, resuming at ${formatBytes(job.bytes)}` : "";
     this.#write(`${fileName(job)}: started (${size}${resumed}) from ${job.source}`);
@@ -417,13 +421,13 @@ export class PlainProgress {
     this.#jobs.delete(job.id);
     const name = fileName(job);
     if (job.status === "completed") {
-      if (!state || job.bytes === state.startBytes) {
+      if (!state || (job.bytes === state.startBytes && job.bytes > 0)) {
         this.#write(`${name}: already complete (${formatBytes(job.bytes)})`);
         return;
       }
       const seconds = (performance.now() - state.startedAt) / 1000;
       const moved = job.bytes - state.startBytes;
-      const speed = seconds > 0 ? `, ${formatSpeed(moved / seconds)}` : "";
+      const speed = seconds > 0 && moved > 0 ? `, ${formatSpeed(moved / seconds)}` : "";
       this.#write(`${name}: done, ${formatBytes(job.bytes)} in ${formatDuration(seconds)}${speed}`);
     } else if (job.status === "error") {
       this.#write(`${name}: failed: ${job.errorType}`);
