@@ -20,6 +20,7 @@ import { parseNumber, parseRate } from "../src/cli/numbers.js";
 import { clearedRows, displayWidth, fitWidth, formatBytes, formatDuration, formatLine } from "../src/cli/progress.js";
 import { DownloadQueue } from "../src/index.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
+import { systemPackage } from "./helpers/system.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
 const CLI = join(ROOT, "dist/cli/main.js");
@@ -139,13 +140,17 @@ function shellQuote(word: string): string {
   return `'${word.replaceAll("'", `'\\''`)}'`;
 }
 
-const hasUtilLinuxScript = (() => {
-  try {
-    return execFileSync("script", ["--version"], { encoding: "utf8" }).includes("util-linux");
-  } catch {
-    return false;
-  }
-})();
+const utilLinuxScript = systemPackage(
+  "util-linux's `script`",
+  "util-linux",
+  (() => {
+    try {
+      return execFileSync("script", ["--version"], { encoding: "utf8" }).includes("util-linux");
+    } catch {
+      return false;
+    }
+  })(),
+);
 
 /** Runs `node <script> args` inside a pseudo-terminal (120x40 by default); stdout and stderr both reach it. */
 function runInPty(
@@ -155,6 +160,7 @@ function runInPty(
   columns = 120,
 ): Promise<{ code: number | null; screen: string }> {
   const command = `stty cols ${columns} rows 40 && exec ${[process.execPath, script, ...args].map(shellQuote).join(" ")}`;
+  utilLinuxScript.require();
   const child = spawn("script", ["-qfec", command, "/dev/null"], { cwd: work, env, stdio: ["pipe", "pipe", "pipe"] });
   let output = "";
   child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
@@ -260,7 +266,7 @@ after(async () => {
   rmSync(work, { recursive: true, force: true });
 });
 
-describe("dlqueue get on a terminal", { skip: hasUtilLinuxScript ? false : "needs util-linux script" }, () => {
+describe("dlqueue get on a terminal", { skip: utilLinuxScript.skip }, () => {
   it("draws a live bar per download and a total line, ends them at 100%, then prints the summary table", async () => {
     const a = origin.route("/tty/a.bin", { size: 600_000, throttleBytesPerSec: 1_000_000 });
     const b = origin.route("/tty/weights.safetensors", { size: 400_000, throttleBytesPerSec: 800_000 });
@@ -828,7 +834,7 @@ describe("dlqueue get: wide characters", () => {
   });
 
   it("at 80 columns a CJK file name neither wraps nor scrolls the board; the table's columns line up", {
-    skip: hasUtilLinuxScript ? false : "needs util-linux script",
+    skip: utilLinuxScript.skip,
   }, async () => {
     const wide = origin.route(`/wide/${encodeURIComponent(cjk)}`, { size: 400_000, throttleBytesPerSec: 800_000 });
     const narrow = origin.route("/wide/a.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
@@ -851,7 +857,7 @@ describe("dlqueue get: wide characters", () => {
 });
 
 describe("dlqueue get: messages go through the board", {
-  skip: hasUtilLinuxScript ? false : "needs util-linux script",
+  skip: utilLinuxScript.skip,
 }, () => {
   it("a retry warning and a failure print above the bars, on rows of their own, whatever their length", async () => {
     const slow = origin.route("/board/slow.bin", { size: 900_000, throttleBytesPerSec: 900_000 });
@@ -967,7 +973,7 @@ describe("dlqueue get: output for logs and for scripts", () => {
   });
 
   it("--json on a terminal prints JSON lines only: no bars, no table", {
-    skip: hasUtilLinuxScript ? false : "needs util-linux script",
+    skip: utilLinuxScript.skip,
   }, async () => {
     const route = origin.route("/jsontty/j.bin", { size: 300_000, throttleBytesPerSec: 600_000 });
     const dir = freshDir();
