@@ -1194,6 +1194,18 @@ describe("dlqueue serve", () => {
     );
   });
 
+  test("the start-up line says that auth is off and private networks are refused by default", async (t) => {
+    const run = serve(["--port", "0"], await tempDir(t));
+    t.after(() => run.child.kill("SIGKILL"));
+    await run.url();
+    assert.match(
+      run.output().stdout,
+      /^dlqueue serve: listening on http:\/\/127\.0\.0\.1:\d+\/ \(auth: none, this machine only; private networks: refused\); API \/api\/v1\/download_queue\/, docs \/docs; downloads go to \S+downloads\n$/,
+    );
+    run.child.kill("SIGTERM");
+    assert.equal(await run.exited, 0);
+  });
+
   test("--state keeps jobs across a restart; the token guards a 0.0.0.0 bind; SIGTERM stops cleanly", async (t) => {
     const dir = await tempDir(t);
     const token = "cli-token-abcdef";
@@ -1213,6 +1225,7 @@ describe("dlqueue serve", () => {
     const first = serve(args, dir);
     t.after(() => first.child.kill("SIGKILL"));
     const base = (await first.url()).replace("0.0.0.0", "127.0.0.1");
+    assert.match(first.output().stdout, /listening on \S+ \(auth: token required; private networks: allowed\)/);
     const unauthorized = await request(`${base}api/v1/download_queue/`);
     await unauthorized.body.dump();
     assert.equal(unauthorized.statusCode, 401);

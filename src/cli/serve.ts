@@ -112,8 +112,12 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   const host = options.host.includes(":") ? `[${options.host}]` : options.host;
+  // What protects the service, where its operator sees it first.
+  const auth = authToken ? "token required" : "none, this machine only";
+  const privateNetworks = allowPrivateNetworks ? "allowed" : "refused";
   process.stdout.write(
-    `dlqueue serve: listening on http://${host}:${port}/ (API ${API_PREFIX}/, docs /docs); downloads go to ${root}\n`,
+    `dlqueue serve: listening on http://${host}:${port}/ (auth: ${auth}; private networks: ${privateNetworks}); ` +
+      `API ${API_PREFIX}/, docs /docs; downloads go to ${root}\n`,
   );
 
   const signal = await new Promise<NodeJS.Signals>((done) => {
