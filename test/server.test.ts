@@ -832,9 +832,11 @@ describe("access control", () => {
 
     const routes: [string, string, unknown?][] = [
       ["GET", "/"],
+      ["HEAD", "/"],
       ["PATCH", "/"],
       ["POST", "/i/", { source: never.url, dest: "" }],
       ["GET", "/i/0"],
+      ["HEAD", "/i/0"],
       ["DELETE", "/i/0"],
       ["DELETE", "/i"],
       ["POST", "/i/0/pause"],
