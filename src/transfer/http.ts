@@ -35,7 +35,7 @@ import type { Logger } from "../logger.js";
 import { formatBytes } from "../units.js";
 import { both } from "./rate.js";
 import { get, type Response } from "./request.js";
-import { header, ifRangeFor, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+import { header, ifRangeFor, parseContentRange, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
 import { backoff, httpError } from "./retry.js";
 import { abandonSegments, downloadSegmented, RangeNotSupportedError, readSegmentState } from "./segments.js";
 
@@ -173,6 +173,8 @@ class Attempt {
   /** The accepted response's Last-Modified: the finished file gets it as its modification time. */
   #lastModified: string | undefined;
   #releaseSpace: (() => void) | undefined;
+  /** The file at the final path turned out not to be the server's: it is replaced, whatever it looks like. */
+  #ignoreFinished = false;
 
   constructor(
     readonly req: TransferRequest,
@@ -244,11 +246,8 @@ class Attempt {
         }
         finished = undefined;
       }
-      const conditional: Record<string, string> = finished
-        ? { "if-modified-since": new Date(finished.mtimeMs).toUTCString() }
-        : {};
       const { response, url } = await this.#get(
-        resumable ? resumeHeaders(offset, previous) : (sizeProbe ?? conditional),
+        resumable ? resumeHeaders(offset, previous) : (sizeProbe ?? (finished ? stillCurrent(finished) : {})),
       );
       try {
         if (!path) {
@@ -273,9 +272,21 @@ class Attempt {
           }
         }
         const finalPath = this.downloadPath as string;
-        if (path && finished && (response.statusCode === 304 || (await this.#isFinished(response, finished, path)))) {
-          response.cancel();
-          return this.#alreadyComplete(path, finished.size);
+        if (path && finished) {
+          const total = parseContentRange(header(response.headers, "content-range"))?.total;
+          if (response.statusCode === 416 && total === finished.size) {
+            await response.discard();
+            return this.#alreadyComplete(path, finished.size);
+          }
+          if (await this.#isFinished(response, finished, path)) {
+            response.cancel();
+            return this.#alreadyComplete(path, finished.size);
+          }
+          if (response.statusCode !== 200) {
+            // Same date, other size (or a server that cannot say): not the finished file; fetch it whole.
+            this.#ignoreFinished = true;
+            continue;
+          }
         }
         const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
         if (!plan) throw httpError(response.statusCode, response.headers, url.href);
@@ -307,7 +318,7 @@ class Attempt {
 
   /** A complete file at the final path that may be skipped (never when the caller asked to overwrite). */
   async #finishedFile(path: string): Promise<Stats | undefined> {
-    if (this.req.overwrite) return undefined;
+    if (this.req.overwrite || this.#ignoreFinished) return undefined;
     const stats = await finishedFile(path);
     if (!stats || (this.req.expectedSize !== undefined && stats.size !== this.req.expectedSize)) return undefined;
     return stats;
@@ -529,6 +540,15 @@ class Attempt {
     }
     return hash;
   }
+}
+
+/**
+ * Asks whether a file finished earlier is still the server's current one, without a body either way: the bytes after
+ * its end, if the server still has the version with the Last-Modified the file was stamped with. The same file
+ * answers 416 with its size; a changed one (other date) answers 200 with the new body, which is then fetched.
+ */
+function stillCurrent(finished: Stats): Record<string, string> {
+  return { range: `bytes=${finished.size}-`, "if-range": new Date(finished.mtimeMs).toUTCString() };
 }
 
 /** The first byte under If-Range: a 206 with the file's size when the server still has the same file. */

@@ -37,8 +37,6 @@ export interface RouteOptions {
   throttleBytesPerSec?: number;
   latencyMs?: number;
   headers?: Record<string, string>;
-  /** Answer If-Modified-Since with 304 when the content is not newer (default true, as most servers do). */
-  conditional?: boolean;
 }
 
 export interface RecordedRequest {
@@ -386,18 +384,6 @@ async function serveRoute(
   if (etag !== null) res.setHeader("ETag", etag);
   if (lastModified !== null) res.setHeader("Last-Modified", lastModified);
   if (opts.contentDisposition !== undefined) res.setHeader("Content-Disposition", opts.contentDisposition);
-
-  const ifModifiedSince = Date.parse(req.headers["if-modified-since"] ?? "");
-  if (
-    (opts.conditional ?? true) &&
-    lastModified !== null &&
-    req.headers.range === undefined &&
-    Date.parse(lastModified) <= ifModifiedSince
-  ) {
-    res.writeHead(304);
-    res.end();
-    return;
-  }
 
   let status = 200;
   let start = 0;
