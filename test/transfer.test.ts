@@ -212,6 +212,51 @@ describe("resume and retry", () => {
     assert.deepEqual(await listFiles(dest), []);
   });
 
+  test("a job out of retries says it stopped and that running it again resumes, never that it is resuming", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/gives-up.bin", {
+      size: 200_000,
+      throttleBytesPerSec: 4_000_000,
+      faults: [{ kind: "drop", afterBytes: 100_000 }, ...Array(5).fill({ kind: "hangup" })],
+    });
+    const { job } = await runOne({ source: route.url, dest }, { retries: 2 });
+    assert.equal(job.status, "error");
+    assert.equal(job.errorType, "TransferInterruptedError");
+    const message = job.error?.split("\n")[0] ?? "";
+    assert.doesNotMatch(message, /resuming|retrying/);
+    assert.match(
+      message,
+      /Stopped after 2 retries in a row without progress; the 100 kB on disk are kept: run the download again to resume\.$/,
+    );
+    assert.equal(message.split(route.url).length - 1, 1, `the URL once: ${message}`);
+    assert.equal(route.requests.length, 3, "the retry after progress counts: two retries without progress, then stop");
+  });
+
+  test("retries are numbered per job and never start over; each warning names the URL once and the budget rule", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/numbered.bin", {
+      size: 500_000,
+      throttleBytesPerSec: 4_000_000,
+      faults: [1, 2, 3, 4].map(() => ({ kind: "drop", afterBytes: 100_000 }) as const),
+    });
+    const { job, log } = await runOne({ source: route.url, dest }, { retries: 1 });
+    assert.equal(job.status, "completed", job.error);
+    const warnings = log.filter((line) => line.startsWith("warn: "));
+    assert.deepEqual(
+      warnings.map((line) =>
+        /^warn: retry (\d+) in [\d.]+ s \((\d) of 1 in a row without progress\)/.exec(line)?.slice(1),
+      ),
+      [
+        ["1", "1"],
+        ["2", "1"],
+        ["3", "1"],
+        ["4", "1"],
+      ],
+    );
+    for (const line of warnings) assert.equal(line.split(route.url).length - 1, 1, `the URL once: ${line}`);
+    assert.equal(await fileSha256(join(dest, "numbered.bin")), await route.sha256());
+  });
+
   for (const [status, reason] of [
     [404, "Not Found"],
     [403, "Forbidden"],

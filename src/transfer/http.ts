@@ -208,9 +208,10 @@ class Attempt {
   /** The error a job ends with when it runs out of retries: it stopped, and what is on disk waits for a next run. */
   gaveUp(error: TransferInterruptedError, failures: number): TransferInterruptedError {
     const kept = this.bytes > 0 ? `; the ${formatBytes(this.bytes)} on disk are kept` : "";
+    const stopped =
+      failures === 0 ? "Stopped (retries are off)" : `Stopped after ${failures} retries in a row without progress`;
     return new TransferInterruptedError(
-      `${naming(this.req.source, error.message)}. Stopped after ${failures + 1} attempts in a row without progress` +
-        `${kept}: run the download again to resume.`,
+      `${naming(this.req.source, error.message)}. ${stopped}${kept}: run the download again to resume.`,
       { cause: error },
     );
   }
