@@ -39,6 +39,37 @@ describe("connectionsPerFile through the queue", () => {
     assert.deepEqual(await listFiles(dest), ["eight.bin", "one.bin"]);
   });
 
+  test("the queue's timeouts and retry delay reach the segments: a slow answer and a stall cost well under a second", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/conn/slow.bin", {
+      size: 9 * MiB,
+      faults: [null, { kind: "delay", ms: 5_000 }, { kind: "stall", afterBytes: 1000 }],
+    });
+    const { lines, logger } = memoryLogger();
+    const queue = new DownloadQueue({
+      connectionsPerFile: 4,
+      headersTimeoutMs: 300,
+      readTimeoutMs: 300,
+      retryDelayMs: 10,
+      maxRetryDelayMs: 20,
+      logger,
+    });
+    const started = performance.now();
+    const job = queue.download({ source: route.url, dest });
+    await queue.waitForJob(job, { timeoutMs: 10_000 });
+    const elapsed = (performance.now() - started) / 1000;
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    assert.ok(elapsed < 2, `took ${elapsed.toFixed(2)} s`);
+    const warnings = lines.filter((line) => line.startsWith("warn: retry"));
+    assert.equal(warnings.length, 2, warnings.join("\n"));
+    assert.ok(
+      warnings.every((line) => /in 0\.0 s/.test(line)),
+      "retryDelayMs is used",
+    );
+    assert.equal(await fileSha256(join(dest, "slow.bin")), await route.sha256());
+  });
+
   test("segments that drop are retried; progress and the final file are exact", async (t) => {
     const dest = await tempDir(t);
     const route = origin.route("/conn/flaky.bin", {

@@ -19,7 +19,9 @@ export type Fault =
   | { kind: "truncate"; afterBytes: number }
   | { kind: "stall"; afterBytes: number }
   | { kind: "status"; status: number; headers?: Record<string, string>; body?: string }
-  | { kind: "hangup" };
+  | { kind: "hangup" }
+  /** Headers only after this long (a server that is slow to answer). */
+  | { kind: "delay"; ms: number };
 
 export interface RouteOptions {
   size?: number;
@@ -349,8 +351,9 @@ async function serveRoute(
     req.socket.destroy();
     return;
   }
-  if (opts.latencyMs) {
-    await sleep(opts.latencyMs, res);
+  const latency = (opts.latencyMs ?? 0) + (fault?.kind === "delay" ? fault.ms : 0);
+  if (latency > 0) {
+    await sleep(latency, res);
     if (isGone(res)) return;
   }
   if (fault?.kind === "status") {
