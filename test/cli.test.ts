@@ -985,3 +985,146 @@ describe("dlqueue get: output for logs and for scripts", () => {
     assert.ok(lines.some((line) => line.startsWith('{"event":"job"')));
   });
 });
+
+describe("dlqueue get: the flags users reach for", () => {
+  it("one number parser: rates as wget and curl spell them (k = 1024), whole numbers, seconds", () => {
+    assert.equal(parseRate("500k"), 512_000);
+    assert.equal(parseRate("2M"), 2_097_152);
+    assert.equal(parseRate("1.5MB"), 1_572_864);
+    assert.equal(parseRate("64KiB/s"), 65_536);
+    assert.equal(parseRate("800000"), 800_000);
+    for (const bad of ["fast", "0", "-5k", "1e6", "2T", "k", ""]) assert.throws(() => parseRate(bad), bad);
+    assert.equal(parseNumber("12", { integer: true }), 12);
+    assert.equal(parseNumber("0.25", { min: 0, minExclusive: true }), 0.25);
+    for (const [bad, rules] of [
+      ["1.5", { integer: true }],
+      ["0x10", { integer: true }],
+      ["1e3", {}],
+      ["Infinity", {}],
+      ["0", { min: 0, minExclusive: true }],
+      ["0", { integer: true, min: 1 }],
+    ] as const) {
+      assert.throws(() => parseNumber(bad, rules), bad);
+    }
+  });
+
+  it("--limit-rate caps all downloads together; limit-rate= in the input file caps one", async () => {
+    const a = origin.route("/rate/a.bin", { size: 50_000 });
+    const b = origin.route("/rate/b.bin", { size: 50_000 });
+    const dir = freshDir();
+    let began = performance.now();
+    const global = await runCli(["get", "-q", "--limit-rate", "100k", "-d", dir, a.url, b.url]);
+    const globalSeconds = (performance.now() - began) / 1000;
+    assert.equal(global.code, 0, global.stderr);
+    await assertFile(join(dir, "a.bin"), a);
+    await assertFile(join(dir, "b.bin"), b);
+    // 100 kB together at 102.4 kB/s: about a second; each alone at that rate would take half of it.
+    assert.ok(globalSeconds >= 0.8, `100 kB at 100k took ${globalSeconds} s`);
+
+    const listed = origin.route("/rate/listed.bin", { size: 80_000 });
+    const free = origin.route("/rate/free.bin", { size: 80_000 });
+    const other = freshDir();
+    began = performance.now();
+    const perJob = await runCli(["get", "--json", "-d", other, "-i", "-"], {
+      stdin: `${listed.url} limit-rate=100k\n${free.url}\n`,
+    });
+    const perJobSeconds = (performance.now() - began) / 1000;
+    assert.equal(perJob.code, 0, perJob.stderr);
+    await assertFile(join(other, "listed.bin"), listed);
+    await assertFile(join(other, "free.bin"), free);
+    const ended = (source: string) => Date.parse(String(jobLine(parseJsonLines(perJob.stdout), source).job_ended));
+    assert.ok(perJobSeconds >= 0.6, `80 kB at 100k took ${perJobSeconds} s`);
+    assert.ok(ended(free.url) < ended(listed.url) - 300, "the unlimited download was not held back");
+
+    const bad = await runCli(["get", "--limit-rate", "fast", "-d", dir, a.url]);
+    assert.equal(bad.code, 2);
+    assert.match(bad.stderr, /--limit-rate <rate>' argument 'fast' is invalid\. Give a rate in bytes per second/);
+  });
+
+  it("--proxy sends requests through the proxy; without it HTTP_PROXY is honoured, NO_PROXY too", async () => {
+    const proxy = await startProxy();
+    try {
+      const route = origin.route("/proxy/p.bin", { size: 30_000 });
+      const dir = freshDir();
+      const flag = await runCli(["get", "-q", "--proxy", proxy.url, "-o", join(dir, "flag.bin"), route.url]);
+      assert.equal(flag.code, 0, flag.stderr);
+      await assertFile(join(dir, "flag.bin"), route);
+      assert.ok(proxy.seen.length > 0, "the request went through the proxy");
+
+      const seenBefore = proxy.seen.length;
+      const env = cleanEnv({ HTTP_PROXY: proxy.url, http_proxy: proxy.url, NO_PROXY: "", no_proxy: "" });
+      const fromEnv = await runCli(["get", "-q", "-o", join(dir, "env.bin"), route.url], { env });
+      assert.equal(fromEnv.code, 0, fromEnv.stderr);
+      await assertFile(join(dir, "env.bin"), route);
+      assert.ok(proxy.seen.length > seenBefore, "HTTP_PROXY was honoured");
+
+      const seenNoProxy = proxy.seen.length;
+      const host = new URL(route.url).hostname;
+      const bypass = await runCli(["get", "-q", "-o", join(dir, "direct.bin"), route.url], {
+        env: { ...env, NO_PROXY: host, no_proxy: host },
+      });
+      assert.equal(bypass.code, 0, bypass.stderr);
+      await assertFile(join(dir, "direct.bin"), route);
+      assert.equal(proxy.seen.length, seenNoProxy, "NO_PROXY was honoured");
+
+      const bad = await runCli(["get", "--proxy", "socks5://h:1", route.url]);
+      assert.equal(bad.code, 2);
+      assert.match(bad.stderr, /--proxy takes an http:\/\/ or https:\/\/ URL/);
+    } finally {
+      await proxy.close();
+    }
+  });
+
+  it("--timeout retries a stalled body after that long; --retry-delay sets the first wait", async () => {
+    const stalled = origin.route("/timeout/stall.bin", {
+      size: 50_000,
+      faults: [{ kind: "stall", afterBytes: 10_000 }],
+    });
+    const dir = freshDir();
+    const began = performance.now();
+    const run = await runCli(["get", "-q", "--timeout", "0.3", "--retry-delay", "0.05", "-d", dir, stalled.url]);
+    assert.equal(run.code, 0, run.stderr);
+    await assertFile(join(dir, "stall.bin"), stalled);
+    // The default would wait 60 s for the stalled body.
+    assert.ok(performance.now() - began < 10_000, `took ${performance.now() - began} ms`);
+
+    const flaky = origin.route("/timeout/503.bin", { size: 5_000, faults: [{ kind: "status", status: 503 }] });
+    const quick = await runCli(["get", "--retry-delay", "0.05", "-d", dir, flaky.url]);
+    assert.equal(quick.code, 0, quick.stderr);
+    await assertFile(join(dir, "503.bin"), flaky);
+    // The warning says how long the wait is; the default first wait is about a second.
+    assert.match(quick.stderr, /warning: retry 1 in 0\.[01] s/);
+
+    for (const args of [
+      ["--timeout", "0"],
+      ["--retry-delay", "soon"],
+    ]) {
+      const bad = await runCli(["get", ...args, flaky.url]);
+      assert.equal(bad.code, 2, args.join(" "));
+      assert.match(bad.stderr, /is invalid\. Give a number/);
+    }
+  });
+
+  it("a complete file is not fetched again and reports completed (already complete); --overwrite fetches it", async () => {
+    const route = origin.route("/again/done.bin", { size: 40_000 });
+    const dir = freshDir();
+    const first = await runCli(["get", "-d", dir, route.url]);
+    assert.equal(first.code, 0, first.stderr);
+    const bodies = () => route.requests.filter((r) => r.method === "GET").length;
+    const fetched = bodies();
+
+    const again = await runCli(["get", "-d", dir, route.url]);
+    assert.equal(again.code, 0, again.stderr);
+    assert.match(again.stdout, /^done\.bin: already complete \(40\.0 kB\)$/m);
+    assert.match(again.stdout, /\ndone\.bin\s+40\.0 kB\s+\S+\s+-\s+already complete\n/);
+    await assertFile(join(dir, "done.bin"), route);
+
+    const requestsBefore = route.requests.length;
+    const overwrite = await runCli(["get", "--json", "--overwrite", "-d", dir, route.url]);
+    assert.equal(overwrite.code, 0, overwrite.stderr);
+    assert.ok(bodies() > fetched, "--overwrite sent a request again");
+    const progress = parseJsonLines(overwrite.stdout).filter((line) => line.event === "download_progress");
+    assert.ok(progress.length > 0 && route.requests.length > requestsBefore);
+    await assertFile(join(dir, "done.bin"), route);
+  });
+});
