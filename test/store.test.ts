@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { type ChildProcess, spawn } from "node:child_process";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
+import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
@@ -144,6 +145,32 @@ describe("a durable queue", () => {
     assert.equal(second.listJobs()[0]?.status, "completed");
     assert.equal(route.requests.at(-1)?.headers.authorization, "Bearer store-secret");
     assert.equal(await fileSha256(join(dir, "private.bin")), await route.sha256());
+  });
+});
+
+describe("what a job asked for survives a restart", () => {
+  test("its rate limit and overwrite come back with it", async (t) => {
+    const dir = await tempDir(t);
+    const store = join(dir, "queue.db");
+    const dest = join(dir, "paced.bin");
+    const route = origin.route("/restart/paced.bin", { size: 60_000 });
+    await writeFile(dest, "an older file in the way");
+    const first = new DownloadQueue({ store });
+    const job = first.download({ source: route.url, dest, maxBytesPerSecond: 100_000, overwrite: true });
+    first.pauseJob(job);
+    await first.stop();
+
+    const second = new DownloadQueue({ store });
+    const restored = second.idToJob(job.id);
+    const started = performance.now();
+    second.resumeJob(restored);
+    await second.waitForJob(restored, { timeoutMs: 10_000 });
+    const elapsed = (performance.now() - started) / 1000;
+    await second.stop();
+    assert.equal(restored.status, "completed", restored.error);
+    assert.ok(elapsed >= 0.5, `took ${elapsed.toFixed(2)} s: still paced at 100 kB/s`);
+    assert.equal(route.requests[0]?.headers.range, undefined, "overwrite: no check of the file in the way");
+    assert.equal(await fileSha256(dest), await route.sha256());
   });
 });
 
