@@ -509,6 +509,23 @@ describe("dlqueue get interrupted and run again", () => {
     assert.equal(done.bytes, route.size);
     await assertFile(path, route);
   });
+
+  it("a resumed download says so, in its first line and in the summary", async () => {
+    const route = origin.route("/resume/said.bin", { size: 2_000_000, throttleBytesPerSec: 1_000_000 });
+    const dir = freshDir();
+    const first = new CliRun(["get", "--json", "-d", dir, route.url]);
+    await first.waitForEvent((line) => line.event === "download_progress" && (line.current_bytes as number) >= 200_000);
+    first.child.kill("SIGINT");
+    assert.equal((await first.exited).code, 130);
+    const kept = statSync(join(dir, "said.bin.downloading")).size;
+    route.update({ throttleBytesPerSec: undefined });
+    const second = await runCli(["get", "-d", dir, route.url]);
+    assert.equal(second.code, 0, second.stderr);
+    await assertFile(join(dir, "said.bin"), route);
+    const at = formatBytes(kept).replace(".", "\\.");
+    assert.match(second.stdout, new RegExp(`^said\\.bin: started \\(2\\.00 MB, resuming at ${at}\\)`, "m"));
+    assert.match(second.stdout, new RegExp(`\\nsaid\\.bin\\s+2\\.00 MB\\s+.*completed \\(resumed at ${at}\\)\\n`));
+  });
 });
 
 describe("dlqueue get --state, killed, then dlqueue resume", () => {
@@ -1126,5 +1143,99 @@ describe("dlqueue get: the flags users reach for", () => {
     const progress = parseJsonLines(overwrite.stdout).filter((line) => line.event === "download_progress");
     assert.ok(progress.length > 0 && route.requests.length > requestsBefore);
     await assertFile(join(dir, "done.bin"), route);
+  });
+});
+
+describe("dlqueue get: messages", () => {
+  it("--quiet hides a retry or two, but says once when retrying goes on", async () => {
+    const brief = origin.route("/quiet/brief.bin", { size: 20_000, faults: [{ kind: "hangup" }] });
+    const dir = freshDir();
+    const hiccup = await runCli(["get", "-q", "--retry-delay", "0.01", "-d", dir, brief.url]);
+    assert.equal(hiccup.code, 0, hiccup.stderr);
+    assert.equal(hiccup.stderr, "", "one retry stays quiet");
+
+    const long = origin.route("/quiet/long.bin", {
+      size: 20_000,
+      faults: [{ kind: "hangup" }, { kind: "hangup" }, { kind: "hangup" }, { kind: "hangup" }],
+    });
+    const retrying = await runCli(["get", "-q", "--retry-delay", "0.01", "-d", dir, long.url]);
+    assert.equal(retrying.code, 0, retrying.stderr);
+    await assertFile(join(dir, "long.bin"), long);
+    assert.equal(retrying.stdout, "");
+    assert.equal(retrying.stderr.match(/still retrying/g)?.length, 1, retrying.stderr);
+    assert.match(retrying.stderr, new RegExp(`^warning: .*${long.url}`, "m"));
+  });
+
+  it("a 1 kB file shows a real speed or none, never 0 B/s", {
+    skip: utilLinuxScript.skip,
+  }, async () => {
+    const tiny = origin.route("/tiny/one-k.bin", { size: 1_000 });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(CLI, ["get", "-d", dir, tiny.url]);
+    assert.equal(code, 0, screen);
+    await assertFile(join(dir, "one-k.bin"), tiny);
+    const rows = terminalRows(screen, 120);
+    assert.ok(
+      rows.some((row) => /^one-k\.bin .*100%.*done in/.test(row)),
+      rows.join("\n"),
+    );
+    for (const row of rows) assert.doesNotMatch(row, /(^|\s)0 B\/s/, rows.join("\n"));
+    assert.match(
+      rows.find((row) => row.startsWith("one-k.bin ") && row.endsWith("completed")) ?? "",
+      /\s(-|\S+ [kM]?B\/s)\s+completed$/,
+    );
+  });
+
+  it("the total line keeps a bar and an ETA, marked as estimates, while some sizes are unknown", {
+    skip: utilLinuxScript.skip,
+  }, async () => {
+    const sized = origin.route("/estimate/sized.bin", { size: 200_000, throttleBytesPerSec: 400_000 });
+    const unsized = origin.route("/estimate/chunked.bin", {
+      size: 300_000,
+      chunked: true,
+      throttleBytesPerSec: 400_000,
+    });
+    const dir = freshDir();
+    const { code, screen } = await runInPty(CLI, ["get", "-d", dir, sized.url, unsized.url]);
+    assert.equal(code, 0, screen);
+    await assertFile(join(dir, "chunked.bin"), unsized);
+    const lines = renderedLines(screen);
+    assert.ok(
+      lines.some((line) => /^Total 0\/2 done\s+\[[█░]+\]\s+\d+%\s+\S+ [kM]?B\/~\S+ [kM]?B.*ETA ~\d+:\d\d$/.test(line)),
+      `a live total line with an estimated total and ETA:\n${lines.filter((l) => l.startsWith("Total")).join("\n")}`,
+    );
+    assert.ok(lines.some((line) => /^Total 2\/2 done\s+\[█+\]\s+100%\s+500 kB\/500 kB/.test(line)));
+  });
+});
+
+describe("dlqueue get/resume: the state file", () => {
+  it("--state never takes a URL; resume never creates a state file; --default-state uses XDG_STATE_HOME", async () => {
+    const route = origin.route("/statefile/s.bin", { size: 10_000 });
+    const dir = freshDir();
+    const taken = await runCli(["get", "--state", route.url]);
+    assert.equal(taken.code, 2);
+    assert.match(taken.stderr, /--state takes a file name, and got the URL .*--default-state for the default file/);
+
+    const typo = join(dir, "typo", "q.db");
+    const missing = await runCli(["resume", "--state", typo]);
+    assert.equal(missing.code, 2);
+    assert.match(
+      missing.stderr,
+      /there is no state file .*typo\/q\.db: give the file `dlqueue get --state FILE` wrote/,
+    );
+    assert.ok(!existsSync(join(dir, "typo")), "no folder created for a mistyped state file");
+
+    const env = cleanEnv({ XDG_STATE_HOME: join(dir, "xdg") });
+    const noDefault = await runCli(["resume"], { env });
+    assert.equal(noDefault.code, 2);
+    assert.match(noDefault.stderr, /there is no state file .*xdg\/dlqueue\/queue\.db/);
+
+    const saved = await runCli(["get", "-q", "--default-state", "-d", dir, route.url], { env });
+    assert.equal(saved.code, 0, saved.stderr);
+    await assertFile(join(dir, "s.bin"), route);
+    assert.ok(existsSync(join(dir, "xdg", "dlqueue", "queue.db")));
+    const nothing = await runCli(["resume"], { env });
+    assert.equal(nothing.code, 0, nothing.stderr);
+    assert.match(nothing.stderr, /Nothing to resume in .*xdg\/dlqueue\/queue\.db/);
   });
 });
