@@ -144,6 +144,49 @@ describe("a finished file is not fetched again", () => {
     assert.deepEqual(await listFiles(dest), ["named.safetensors"]);
   });
 
+  test("Ctrl-C with 2 of 4 files done, then the same command: no body for the 2, the rest of the 3rd, all of the 4th", async (t) => {
+    const dest = await tempDir(t);
+    const size = 400_000;
+    const routes = [1, 2, 3, 4].map((i) =>
+      origin.route(`/skip/folder/shard-${i}-of-4.bin`, { size, throttleBytesPerSec: 2_000_000 }),
+    );
+    const first = new DownloadQueue({ maxParallelDownloads: 1, progressIntervalMs: 0, logger: memoryLogger().logger });
+    let stopping: Promise<void> | undefined;
+    for (const route of routes) {
+      first.download({
+        source: route.url,
+        dest,
+        onProgress: (job) => {
+          if (job.source === routes[2]?.url && job.bytes >= 150_000) stopping ??= first.stop();
+        },
+      });
+    }
+    while (!stopping) await new Promise((resolve) => setTimeout(resolve, 10));
+    await stopping;
+    assert.deepEqual(
+      first.listJobs().map((job) => job.status),
+      ["completed", "completed", "waiting", "waiting"],
+    );
+    for (const route of routes) route.requests.length = 0;
+
+    const second = new DownloadQueue({ maxParallelDownloads: 1, logger: memoryLogger().logger });
+    const jobs = routes.map((route) => second.download({ source: route.url, dest }));
+    await second.join();
+    await second.stop();
+    assert.deepEqual(
+      jobs.map((job) => [job.status, job.bytes]),
+      routes.map(() => ["completed", size]),
+    );
+    const sent = routes.map((route) => route.bodyBytes);
+    assert.deepEqual(sent.slice(0, 2), [0, 0], "the finished files: no body");
+    assert.ok((sent[2] ?? 0) <= size - 150_000 + 64 * 1024 && (sent[2] ?? 0) > 0, `the 3rd sent ${sent[2]}`);
+    assert.equal(sent[3], size);
+    assert.equal(routes[2]?.requests.length, 1, "the partial is resumed without a probe");
+    for (const route of routes) {
+      assert.equal(await fileSha256(join(dest, route.key.split("/").at(-1) as string)), await route.sha256());
+    }
+  });
+
   test("a multi-file job run again fetches only the parts that are missing or changed", async (t) => {
     const dest = await tempDir(t);
     const routes = [1, 2, 3, 4].map((i) => origin.route(`/skip/shard-${i}.bin`, { size: 100_000 * i }));

@@ -239,11 +239,15 @@ class Attempt {
       // Segments know from their sidecar what is missing; this request only has to confirm the file and its size,
       // so it asks for one byte under If-Range instead of a whole body to be cut off.
       const sizeProbe = segmentsGoOn && previous?.source === this.req.source ? resumeProbe(previous) : undefined;
-      let finished = path && !resumable ? await this.#finishedFile(path) : undefined;
-      if (finished && path && this.req.sha256) {
+      // Into a folder the name comes with the response; a file there named as the URL ends is most likely the one
+      // finished earlier, so it is checked like a known path (a response that names another file voids the check).
+      const candidate =
+        path ?? (this.#ignoreFinished ? undefined : join(this.req.dest, fileNameFor(this.req.source, undefined)));
+      let finished = candidate && !resumable && !sizeProbe ? await this.#finishedFile(candidate) : undefined;
+      if (finished && candidate && this.req.sha256) {
         // The caller's checksum decides without asking the server anything.
-        if ((await this.#hashPrefix(finished.size, path))?.digest("hex") === this.req.sha256) {
-          return this.#alreadyComplete(path, finished.size);
+        if ((await this.#hashPrefix(finished.size, candidate))?.digest("hex") === this.req.sha256) {
+          return this.#alreadyComplete(candidate, finished.size);
         }
         finished = undefined;
       }
@@ -251,6 +255,28 @@ class Attempt {
         resumable ? resumeHeaders(offset, previous) : (sizeProbe ?? (finished ? stillCurrent(finished) : {})),
       );
       try {
+        if (finished && candidate) {
+          const total = parseContentRange(header(response.headers, "content-range"))?.total;
+          const disposition = header(response.headers, "content-disposition");
+          const named =
+            path !== undefined ||
+            disposition === undefined ||
+            join(this.req.dest, fileNameFor(this.req.source, disposition)) === candidate;
+          if (response.statusCode === 416 && total === finished.size && named) {
+            await response.discard();
+            return this.#alreadyComplete(candidate, finished.size);
+          }
+          if (path && (await this.#isFinished(response, finished, path))) {
+            // Whatever of the body is already on its way is not read: the connection closes.
+            response.cancel();
+            return this.#alreadyComplete(path, finished.size);
+          }
+          if (response.statusCode !== 200) {
+            // Same date, other size, another name: not the finished file. Ask again without the check.
+            this.#ignoreFinished = true;
+            continue;
+          }
+        }
         if (!path) {
           this.downloadPath = join(
             this.req.dest,
@@ -258,7 +284,6 @@ class Attempt {
           );
           finished = await this.#finishedFile(this.downloadPath);
           if (finished && (await this.#isFinished(response, finished, this.downloadPath))) {
-            // Whatever of the body is already on its way is not read: the connection closes.
             response.cancel();
             return this.#alreadyComplete(this.downloadPath, finished.size);
           }
@@ -273,22 +298,6 @@ class Attempt {
           }
         }
         const finalPath = this.downloadPath as string;
-        if (path && finished) {
-          const total = parseContentRange(header(response.headers, "content-range"))?.total;
-          if (response.statusCode === 416 && total === finished.size) {
-            await response.discard();
-            return this.#alreadyComplete(path, finished.size);
-          }
-          if (await this.#isFinished(response, finished, path)) {
-            response.cancel();
-            return this.#alreadyComplete(path, finished.size);
-          }
-          if (response.statusCode !== 200) {
-            // Same date, other size (or a server that cannot say): not the finished file; fetch it whole.
-            this.#ignoreFinished = true;
-            continue;
-          }
-        }
         const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
         if (!plan) throw httpError(response.statusCode, response.headers, url.href);
         if (plan.action === "refetch") {
