@@ -468,7 +468,10 @@ describe("dlqueue get exit codes", () => {
   it("documents the input file format, tokens, JSON lines and exit codes in --help (exit 0)", async () => {
     const { code, stdout } = await runCli(["get", "--help"], { env: cleanEnv({ HF_TOKEN: "hf_helpSecret" }) });
     assert.equal(code, 0);
-    for (const text of ["dest=", "sha256=", "priority=", "HF_TOKEN", "CIVITAI_TOKEN", '"event":"job"', "130"]) {
+    for (const text of [
+      ...["dest=", "sha256=", "priority=", "limit-rate=", "HF_TOKEN", "CIVITAI_TOKEN", '"event":"job"', "130", "141"],
+      ...["-o, --output <file>", "--default-state", "HTTPS_PROXY", "NO_PROXY", "1024-based", "--overwrite"],
+    ]) {
       assert.ok(stdout.includes(text), `--help mentions ${text}`);
     }
     assert.ok(!stdout.includes("hf_helpSecret"));

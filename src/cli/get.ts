@@ -105,7 +105,7 @@ Where files go:
 
 Network:
   --limit-rate takes bytes per second, or k, M, G as wget and curl count them
-  (1024-based: 500k is 512,000 B/s, 2M is 2,097,152 B/s; 1.5MB is accepted).
+  (1024-based: 500k is 512,000 B/s, 2M is 2,097,152 B/s, 1.5MB 1.5 x 1024²).
   Without --proxy, HTTPS_PROXY, HTTP_PROXY and NO_PROXY (or their lowercase
   forms) are honoured. --timeout bounds connecting, waiting for the response
   headers, and a body that stops sending; each is then retried.
@@ -139,8 +139,9 @@ Output:
 Resuming:
   Data is written to <file>.downloading and renamed when complete. Ctrl-C
   keeps those partial files; run the same command again to resume them.
-  --state FILE (or --default-state, for ${DEFAULT_STATE_HELP}) also records
-  the queue, so \`dlqueue resume --state FILE\` finishes it after a kill.
+  --state FILE also records the queue in FILE (--default-state: in
+  ${DEFAULT_STATE_HELP}), so \`dlqueue resume --state FILE\`
+  finishes it after a kill.
 
 Exit status:
   0 all downloads completed, 1 some failed, 2 bad usage,

@@ -282,7 +282,7 @@ export function formatLine(width: number, line: LineFields): string {
   // Room for an ETA ("ETA 0:14") at 80 columns, for "done in 0:12" on wider terminals: the name comes first (at 80
   // columns a sharded name keeps its shard number), then the bar. A longer note takes its room from this line's bar
   // only, so the names of all lines stay aligned.
-  const noteRoom = width >= 100 ? 12 : 8;
+  const noteRoom = width >= 90 ? 12 : 8;
   const room = width - NUMBERS_WIDTH - noteRoom - 2;
   const nameWidth = Math.max(NAME_MIN, Math.min(NAME_MAX, room - BAR_MIN - 7));
   const barWidth = Math.min(BAR_MAX, room - nameWidth - 3) - Math.max(0, note.length - noteRoom);
