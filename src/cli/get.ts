@@ -309,6 +309,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   const quietRetries = { count: 0, since: 0, told: false };
   const warnQuietly = (message: string) => {
     debug("%s", message);
+    if (!/\bretry/i.test(message)) return;
     const now = performance.now();
     if (quietRetries.count++ === 0) quietRetries.since = now;
     if (quietRetries.told) return;

@@ -222,14 +222,14 @@ class JobLine implements BoardLine {
       this.#endedAt ??= performance.now();
       const seconds = (this.#endedAt - this.#startedAt) / 1000;
       const moved = job.bytes - this.#startBytes;
-      // Nothing moved: the file was complete before this run (a speed of 0 B/s would say the link is dead).
-      const already = moved === 0 && job.bytes > 0;
+      // Nothing seen moving (a file complete before this run, or one whose bar began at its last callback): no
+      // speed rather than 0 B/s, which would say the link is dead.
       return formatLine(width, {
         ...line,
         totalBytes: job.bytes,
         bytesOnly: true,
         speed: seconds > 0 && moved > 0 ? moved / seconds : undefined,
-        note: already ? "already complete" : `done in ${formatDuration(seconds)}`,
+        note: `done in ${formatDuration(seconds)}`,
       });
     }
     const why = job.status === "error" ? "failed" : job.status === "cancelled" ? "cancelled" : "stopped";
