@@ -443,6 +443,8 @@ describe("dlqueue get exit codes", () => {
         ["get", "-o", join(dir, "one.bin"), route.url, `${route.url}?v=2`],
         /-o names the file of one URL, and 2 were given; use -d DIR for several/,
       ],
+      [["get", "-o", dir, route.url], /-o takes a file name, and .* is a folder: use -d DIR/],
+      [["get", "-o", "new/", route.url], /-o takes a file name, and new\/ is a folder/],
       [
         ["get", "-d", dir, "-i", "-"],
         /would both be written to .*one\.bin/,

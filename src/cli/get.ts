@@ -549,12 +549,13 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
   if (options.output !== undefined) {
     if (urls.length !== 1)
       usage(`-o names the file of one URL, and ${urls.length} were given; use -d DIR for several.`);
-    if (options.output.endsWith("/") || options.output.endsWith(sep)) {
-      usage(`-o takes a file name, not the folder ${options.output}: use -d DIR for a folder.`);
-    }
   }
   const argumentDest =
     options.output === undefined ? folder : isAbsolute(options.output) ? options.output : join(base, options.output);
+  // The library would take an existing folder as one, and name the file itself: -o promises an exact path.
+  if (options.output !== undefined && namesFolder(argumentDest)) {
+    usage(`-o takes a file name, and ${argumentDest} is a folder: use -d DIR to write into a folder.`);
+  }
   const plan: Planned[] = urls.map((source) => ({
     source,
     dest: argumentDest,
