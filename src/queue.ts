@@ -234,7 +234,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   /** The queue's own rate limit, shared by all its transfers. */
   readonly #limiter: RateLimiter | undefined;
   readonly #overwrite: boolean;
-  /** Partials found in a destination folder (by source), read once per folder: see #downloadPathOf. */
+  /** Partials found in a destination folder (by source), read once per folder: see #partialFor. */
   readonly #partialsByFolder = new Map<string, Promise<Map<string, string>>>();
   readonly #progressIntervalMs: number;
   readonly #logger: Logger;
@@ -274,8 +274,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }));
     this.#logger = options.logger ?? defaultLogger;
     this.#progressIntervalMs = options.progressIntervalMs ?? 100;
-    this.#ownDispatcher = options.dispatcher ? undefined : ownDispatcher(options);
     this.#limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
+    this.#ownDispatcher = options.dispatcher ? undefined : ownDispatcher(options);
     this.#overwrite = options.overwrite ?? false;
     this.#settings = {
       dispatcher: options.dispatcher ?? (this.#ownDispatcher as Dispatcher),
