@@ -85,6 +85,23 @@ describe("maxBytesPerSecond", () => {
     assert.ok(elapsed >= 0.7 && elapsed < 3, `took ${elapsed.toFixed(2)} s`);
   });
 
+  test("a paced socket is not taken for a stall: pauses longer than readTimeoutMs cause no retry", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/rate/slow.bin", { size: 80_000 });
+    const { lines, logger } = memoryLogger();
+    const queue = new DownloadQueue({ readTimeoutMs: 300, retryDelayMs: 10, logger });
+    const job = queue.download({ source: route.url, dest, maxBytesPerSecond: 50_000 });
+    await queue.waitForJob(job, { timeoutMs: 10_000 });
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    assert.deepEqual(
+      lines.filter((line) => line.startsWith("warn")),
+      [],
+    );
+    assert.equal(route.requests.length, 1);
+    assert.equal(await fileSha256(join(dest, "slow.bin")), await route.sha256());
+  });
+
   test("a limit that is not a positive number is refused", () => {
     assert.throws(() => new DownloadQueue({ maxBytesPerSecond: 0 }), InvalidArgumentError);
     const queue = new DownloadQueue({ logger: memoryLogger().logger });
