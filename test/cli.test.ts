@@ -17,8 +17,9 @@ import { Agent } from "undici";
 import { tokenRulesFromEnv } from "../src/cli/get.js";
 import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
 import { parseNumber, parseRate } from "../src/cli/numbers.js";
-import { clearedRows, displayWidth, fitWidth, formatBytes, formatDuration, formatLine } from "../src/cli/progress.js";
+import { clearedRows, displayWidth, fitWidth, formatDuration, formatLine } from "../src/cli/progress.js";
 import { DownloadQueue } from "../src/index.js";
+import { formatBytes } from "../src/units.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 import { systemPackage } from "./helpers/system.js";
 

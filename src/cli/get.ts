@@ -13,6 +13,7 @@ import {
   type QueueEventPayloads,
   type TokenRule,
 } from "../index.js";
+import { formatBytes } from "../units.js";
 import { INPUT_FILE_HELP, InputFileError, parseInputFile, readInputFile } from "./input-file.js";
 import { NumberSyntaxError, parseNumber, parseRate } from "./numbers.js";
 import {
@@ -21,7 +22,6 @@ import {
   displayWidth,
   fileName,
   fitWidth,
-  formatBytes,
   formatDuration,
   formatLine,
   formatSpeed,

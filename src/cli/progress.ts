@@ -7,6 +7,7 @@ import { basename } from "node:path";
 import { MultiBar, type SingleBar } from "cli-progress";
 import stringWidth from "string-width";
 import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
+import { formatBytes } from "../units.js";
 
 /** One line of the board. */
 export interface BoardLine {
@@ -343,20 +344,6 @@ function cutToWidth(text: string, width: number): string {
     outWidth += partWidth;
   }
   return out;
-}
-
-const UNITS = ["B", "kB", "MB", "GB", "TB", "PB"];
-
-/** Decimal units with three significant digits, as model hubs show sizes: `999 B`, `1.23 GB`, `12.3 MB`. */
-export function formatBytes(bytes: number): string {
-  let value = bytes;
-  let unit = 0;
-  while (value >= 999.5 && unit < UNITS.length - 1) {
-    value /= 1000;
-    unit++;
-  }
-  if (unit === 0) return `${Math.round(value)} B`;
-  return `${value.toFixed(value < 9.995 ? 2 : value < 99.95 ? 1 : 0)} ${UNITS[unit]}`;
 }
 
 export function formatSpeed(bytesPerSecond: number): string {
