@@ -210,6 +210,7 @@ interface MultiRuntime {
   readonly parts: JobRuntime[];
   readonly done: Settled<MultiFileDownloadJob>;
   lastProgressAt: number;
+  lastProgressBytes: number;
   readonly options: JobOptions;
   /** The job's rate limit, shared by its parts. */
   readonly limiter: RateLimiter | undefined;
@@ -328,6 +329,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       parts: partRuntimes,
       done: settled(),
       lastProgressAt: 0,
+      lastProgressBytes: -1,
       options: jobOptions(request),
       limiter,
     };
@@ -563,6 +565,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         parts: [],
         done: settled(),
         lastProgressAt: 0,
+        lastProgressBytes: -1,
         options,
         limiter: rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond"),
       };
@@ -945,22 +948,32 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #progress(runtime: JobRuntime, final: boolean): void {
     const { job } = runtime;
     const now = performance.now();
-    if (final ? runtime.lastProgressBytes === job.bytes : now - runtime.lastProgressAt < this.#progressIntervalMs) {
-      return;
+    const due = final
+      ? runtime.lastProgressBytes !== job.bytes
+      : now - runtime.lastProgressAt >= this.#progressIntervalMs;
+    if (due) {
+      runtime.lastProgressAt = now;
+      runtime.lastProgressBytes = job.bytes;
+      this.#store.progress(job.id, job.bytes, job.totalBytes);
+      this.#emit("download_progress", job);
+      this.#call(runtime.callbacks.onProgress, job);
+      for (const follower of runtime.followers) {
+        follower.job.bytes = job.bytes;
+        follower.job.totalBytes = job.totalBytes;
+        this.#progress(follower, final);
+      }
     }
-    runtime.lastProgressAt = now;
-    runtime.lastProgressBytes = job.bytes;
-    this.#store.progress(job.id, job.bytes, job.totalBytes);
-    this.#emit("download_progress", job);
-    this.#call(runtime.callbacks.onProgress, job);
-    for (const follower of runtime.followers) {
-      follower.job.bytes = job.bytes;
-      follower.job.totalBytes = job.totalBytes;
-      this.#progress(follower, final);
-    }
+    // A part's last bytes may have been reported while the parent's interval held its report back: a finished part
+    // always tells the parent, so the parent's last report counts every byte.
     const multi = runtime.parent;
-    if (multi && (final || now - multi.lastProgressAt >= this.#progressIntervalMs)) {
+    if (
+      multi &&
+      (final
+        ? multi.lastProgressBytes !== multi.job.bytes
+        : due && now - multi.lastProgressAt >= this.#progressIntervalMs)
+    ) {
       multi.lastProgressAt = now;
+      multi.lastProgressBytes = multi.job.bytes;
       this.#call(multi.callbacks.onProgress, multi.job);
     }
   }

@@ -32,9 +32,13 @@ describe("connectionsPerFile through the queue", () => {
       assert.equal(job.bytes, 12 * MiB);
       return (performance.now() - started) / 1000;
     };
+    origin.resetStats();
     const eight = await timed(8, "eight.bin");
+    // The speed-up itself is measured by `npm run bench`; here, that the 8 ranges really ran at once, and a floor
+    // loose enough for a loaded CI machine (8 throttled connections would give 8×).
+    assert.ok(origin.maxConcurrent >= 8, `at most ${origin.maxConcurrent} requests at once`);
     const one = await timed(1, "one.bin");
-    assert.ok(one / eight >= 4, `1 connection ${one.toFixed(2)} s, 8 connections ${eight.toFixed(2)} s`);
+    assert.ok(one / eight >= 2.5, `1 connection ${one.toFixed(2)} s, 8 connections ${eight.toFixed(2)} s`);
     assert.equal(await fileSha256(join(dest, "eight.bin")), await route.sha256());
     assert.deepEqual(await listFiles(dest), ["eight.bin", "one.bin"]);
   });

@@ -2,7 +2,7 @@ import type { FileHandle } from "node:fs/promises";
 import { fsError } from "../errors.js";
 
 /** Bytes the runs of one file may hold in memory before their readers have to wait for the disk. */
-const BACKLOG_BYTES = 4 * 1024 * 1024;
+export const BACKLOG_BYTES = 4 * 1024 * 1024;
 /**
  * A durable file is flushed to the disk every this many bytes while it downloads, so the flush before the rename
  * only waits for the last few MiB instead of gigabytes of dirty pages.
