@@ -102,7 +102,7 @@ describe("a durable queue", () => {
   test("finished jobs stay listable after a restart, and ids keep growing", async (t) => {
     const dir = await tempDir(t);
     const store = join(dir, "queue.db");
-    const route = origin.route("/restart/listed.bin", { size: 1000 });
+    const route = origin.route("/restart/listed.bin", { size: 1000, contentType: "application/x-listed" });
     const first = new DownloadQueue({ store });
     const done = first.download({ source: route.url, dest: dir });
     await first.join();
@@ -117,6 +117,7 @@ describe("a durable queue", () => {
       [[kept.id, "completed", join(dir, "again.bin")]],
     );
     assert.equal(JSON.stringify(second.idToJob(kept.id)), JSON.stringify(kept));
+    assert.equal(second.idToJob(kept.id).contentType, "application/x-listed");
     const next = second.download({ source: route.url, dest: join(dir, "third.bin") });
     assert.ok(next.id > kept.id && next.id > done.id);
     await second.join();

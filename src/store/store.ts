@@ -18,6 +18,8 @@ export interface StoredJob {
   downloadPath?: string;
   bytes: number;
   totalBytes: number;
+  /** The response's Content-Type, as InvokeAI's job records it. */
+  contentType?: string;
   jobStarted?: string;
   jobEnded?: string;
   errorType?: string;
