@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { existsSync } from "node:fs";
-import { mkdir, readFile, writeFile } from "node:fs/promises";
+import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
@@ -117,6 +117,27 @@ describe("destinations", () => {
       JSON.stringify(seen),
     );
     assert.deepEqual(await listFiles(dest), ["growing.bin"]);
+  });
+
+  test("a folder removed between two jobs of one queue is made again for the next job", async (t) => {
+    const dest = await tempDir(t);
+    const queue = new DownloadQueue({ retryDelayMs: 20, logger: memoryLogger().logger });
+    t.after(() => queue.stop());
+    for (const [name, size] of [
+      ["small", 5000],
+      ["large", 200_000],
+    ] as const) {
+      const first = origin.route(`/gone-${name}-a.bin`, { size });
+      const second = origin.route(`/gone-${name}-b.bin`, { size });
+      const a = queue.download({ source: first.url, dest: join(dest, name, "sub", "a.bin") });
+      await queue.waitForJob(a, { timeoutMs: 20_000 });
+      assert.equal(a.status, "completed");
+      await rm(join(dest, name, "sub"), { recursive: true });
+      const b = queue.download({ source: second.url, dest: join(dest, name, "sub", "b.bin") });
+      await queue.waitForJob(b, { timeoutMs: 20_000 });
+      assert.equal(b.status, "completed", b.error);
+      assert.equal(await fileSha256(join(dest, name, "sub", "b.bin")), await second.sha256());
+    }
   });
 
   test("a completed file is not touched by a later attempt that fails", async (t) => {

@@ -1,19 +1,8 @@
 import type { Stats } from "node:fs";
-import {
-  mkdir,
-  open,
-  readdir,
-  readFile,
-  readlink,
-  rename,
-  stat,
-  symlink,
-  unlink,
-  utimes,
-  writeFile,
-} from "node:fs/promises";
-import { dirname, join } from "node:path";
+import { open, readdir, readFile, readlink, rename, stat, symlink, utimes, writeFile } from "node:fs/promises";
+import { join } from "node:path";
 import { FileLockedError, fsError } from "../errors.js";
+import { inFolder, removeIfPresent } from "./disk.js";
 import { PartialFile } from "./writer.js";
 
 /** Data streams into `<final>.downloading`; the final path only ever holds a complete file. */
@@ -33,30 +22,9 @@ export interface Validators {
   segmented?: boolean;
 }
 
-/**
- * Folders this process has already created: a thousand small files into one folder need one mkdir, not three each.
- * A folder removed behind our back only costs a failed open, reported as an unwritable destination.
- */
-const madeFolders = new Set<string>();
-
-async function makeFolder(dir: string): Promise<void> {
-  if (madeFolders.has(dir)) return;
-  await mkdir(dir, { recursive: true });
-  madeFolders.add(dir);
-}
-
 /** The finished ranges of a partial being fetched over several connections. */
 export function segmentsPathOf(partialPath: string): string {
   return `${partialPath}.segments.json`;
-}
-
-/** unlink, not rm({ force }): Node 20's rm costs two extra lstat round trips per file. */
-export async function removeIfPresent(path: string): Promise<void> {
-  try {
-    await unlink(path);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw err;
-  }
 }
 
 export function partialPathOf(finalPath: string): string {
@@ -140,8 +108,7 @@ export async function stampModified(finalPath: string, lastModified: string | un
 export async function writeValidators(finalPath: string, validators: Validators): Promise<void> {
   const metaPath = finalPath + META_SUFFIX;
   try {
-    await makeFolder(dirname(metaPath));
-    await writeFile(`${metaPath}.tmp`, JSON.stringify(validators));
+    await inFolder(metaPath, () => writeFile(`${metaPath}.tmp`, JSON.stringify(validators)));
     await rename(`${metaPath}.tmp`, metaPath);
   } catch (err) {
     throw fsError(err, metaPath);
@@ -154,8 +121,7 @@ export async function writeValidators(finalPath: string, validators: Validators)
  */
 export async function openPartial(path: string, offset: number, durable: boolean): Promise<PartialFile> {
   try {
-    await makeFolder(dirname(path));
-    const handle = await open(path, offset > 0 ? "r+" : "w");
+    const handle = await inFolder(path, () => open(path, offset > 0 ? "r+" : "w"));
     try {
       if (offset > 0) await handle.truncate(offset);
     } catch (err) {
@@ -199,31 +165,40 @@ export async function discardPartial(finalPath: string): Promise<void> {
  */
 export async function lockPartial(finalPath: string): Promise<() => Promise<void>> {
   const lockPath = `${finalPath}${PARTIAL_SUFFIX}.lock`;
-  try {
-    await makeFolder(dirname(lockPath));
-  } catch (err) {
-    throw fsError(err, lockPath);
-  }
   for (let attempt = 0; attempt < 2; attempt++) {
+    let taken: boolean;
     try {
-      await createLock(lockPath);
-      return () => removeIfPresent(lockPath);
+      taken = await inFolder(lockPath, () => createLock(lockPath));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== "EEXIST") throw fsError(err, lockPath);
-      if (isAlive(await lockOwner(lockPath))) throw new FileLockedError(finalPath);
-      await removeIfPresent(lockPath);
+      throw fsError(err, lockPath);
     }
+    if (taken) return () => removeIfPresent(lockPath);
+    if (isAlive(await lockOwner(lockPath))) throw new FileLockedError(finalPath);
+    await removeIfPresent(lockPath);
   }
   throw new FileLockedError(finalPath);
 }
 
-async function createLock(lockPath: string): Promise<void> {
-  if (process.platform !== "win32") return symlink(String(process.pid), lockPath);
-  const handle = await open(lockPath, "wx");
+/**
+ * Creates the lock; false when one is there already. Only this EEXIST means a lock: mkdir's (a file where a folder
+ * should be) is an error.
+ */
+async function createLock(lockPath: string): Promise<boolean> {
   try {
-    await handle.writeFile(`${process.pid}\n`);
-  } finally {
-    await handle.close();
+    if (process.platform !== "win32") {
+      await symlink(String(process.pid), lockPath);
+      return true;
+    }
+    const handle = await open(lockPath, "wx");
+    try {
+      await handle.writeFile(`${process.pid}\n`);
+    } finally {
+      await handle.close();
+    }
+    return true;
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === "EEXIST") return false;
+    throw err;
   }
 }
 

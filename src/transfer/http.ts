@@ -14,6 +14,7 @@ import {
   TransferInterruptedError,
   UnsupportedSchemeError,
 } from "../errors.js";
+import { removeIfPresent } from "../files/disk.js";
 import { fileNameFor } from "../files/names.js";
 import {
   commitPartial,
@@ -25,7 +26,6 @@ import {
   partialPathOf,
   partialSize,
   readValidators,
-  removeIfPresent,
   stampModified,
   type Validators,
   writeValidators,
