@@ -1,7 +1,7 @@
-export { ConsoleProgress } from "./cli/progress.js";
 export * from "./errors.js";
 export { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 export { defaultLogger, type Logger } from "./logger.js";
+export { ConsoleProgress } from "./progress/console.js";
 export {
   type DownloadCallbacks,
   DownloadQueue,

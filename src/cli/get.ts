@@ -4,33 +4,20 @@ import { constants, homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { debuglog } from "node:util";
 import { type Command, InvalidArgumentError } from "commander";
-import {
-  DlqError,
-  type DownloadJob,
-  DownloadQueue,
-  type Logger,
-  type QueueEventName,
-  type QueueEventPayloads,
-  type TokenRule,
-} from "../index.js";
+import { DlqError } from "../errors.js";
+import type { DownloadJob } from "../job.js";
+import type { Logger } from "../logger.js";
+import type { TokenRule } from "../options.js";
+import { type BoardLine, printAbove, showLine, sweepLines } from "../progress/board.js";
+import { ConsoleProgress } from "../progress/console.js";
+import { displayWidth, fitWidth, formatDuration, formatLine, formatSpeed } from "../progress/format.js";
+import { SpeedMeter } from "../progress/speed.js";
+import { DownloadQueue } from "../queue.js";
 import { formatBytes } from "../units.js";
+import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 import { INPUT_FILE_HELP, InputFileError, parseInputFile, readInputFile } from "./input-file.js";
 import { NumberSyntaxError, parseNumber, parseRate } from "./numbers.js";
-import {
-  type BoardLine,
-  ConsoleProgress,
-  displayWidth,
-  fileName,
-  fitWidth,
-  formatDuration,
-  formatLine,
-  formatSpeed,
-  PlainProgress,
-  printAbove,
-  SpeedMeter,
-  showLine,
-  sweepLines,
-} from "./progress.js";
+import { fileName, PlainProgress } from "./plain.js";
 
 export interface GetOptions {
   /** Always a folder: the arguments' files go into it, and input-file dest= paths are relative to it. */

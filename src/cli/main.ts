@@ -1,19 +1,14 @@
 #!/usr/bin/env node
 /** The `dlqueue` command. Exit status: 0 all done, 1 some downloads failed, 2 bad usage, 128+n on signal n. */
-import { readFileSync } from "node:fs";
 import { constants } from "node:os";
 import { Command, CommanderError } from "commander";
+import { VERSION } from "../version.js";
 import { addGetCommand, addResumeCommand, outputClosed } from "./get.js";
 import { addServeCommand } from "./serve.js";
 
-// Two levels up from both src/cli/main.ts and dist/cli/main.js.
-const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-  version: string;
-};
-
 const program = new Command("dlqueue")
   .description("A download queue for very large files (AI model weights): parallel, prioritized, resumable.")
-  .version(version)
+  .version(VERSION)
   // Usage errors must exit 2, not commander's 1; settings set here are inherited by the subcommands.
   .exitOverride()
   .showHelpAfterError("(add --help for usage)");

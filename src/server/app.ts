@@ -3,14 +3,17 @@
  * OpenAPI at /docs and the web page at /. A factory rather than a listening server, so a caller can add routes of its
  * own, inject requests, or listen wherever it likes.
  */
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
 import fastifyStatic from "@fastify/static";
 import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
-import { DlqError, type DownloadQueue, defaultLogger, type Logger } from "../index.js";
+import { DlqError } from "../errors.js";
+import { defaultLogger, type Logger } from "../logger.js";
+import type { DownloadQueue } from "../queue.js";
+import { VERSION } from "../version.js";
 import { EventHub, type EventHubOptions } from "./events.js";
 import { prepareRoot } from "./paths.js";
 import { API_PREFIX, queueRoutes } from "./routes.js";
@@ -18,11 +21,6 @@ import { errorSchema, jobSchema, multiJobSchema, validationErrorSchema } from ".
 import { installAccessControl, markRoutesPublic } from "./security.js";
 import type { Resolver } from "./ssrf.js";
 import { parseJsonBody, validationIssues } from "./validation.js";
-
-// Two levels up from both src/server/app.ts and dist/server/app.js.
-const { version } = JSON.parse(readFileSync(new URL("../../package.json", import.meta.url), "utf8")) as {
-  version: string;
-};
 
 export interface ServerOptions {
   /**
@@ -100,7 +98,7 @@ export async function buildServer(options: ServerOptions): Promise<FastifyInstan
     openapi: {
       info: {
         title: "dlqueue",
-        version,
+        version: VERSION,
         description: "A download queue for very large files; InvokeAI's download_queue API plus events.",
       },
       components: { securitySchemes: { bearer: { type: "http", scheme: "bearer" } } },

@@ -5,7 +5,7 @@
  * a held progress event rather than overtake it, so a client sees each job's events in the order they happened.
  */
 import type { ServerResponse } from "node:http";
-import type { DownloadQueue } from "../index.js";
+import type { DownloadQueue } from "../queue.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 
 const EVENT_NAMES = Object.keys({

@@ -5,7 +5,7 @@
  */
 import { lstat, mkdir, realpath, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, sep } from "node:path";
-import { DlqError } from "../index.js";
+import { DlqError } from "../errors.js";
 
 export class DestinationOutsideRootError extends DlqError {
   constructor(message: string) {

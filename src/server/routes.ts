@@ -3,7 +3,9 @@
  * the event stream. Mounted under API_PREFIX.
  */
 import type { FastifyInstance } from "fastify";
-import { DlqError, type DownloadQueue, MultiFileDownloadJob } from "../index.js";
+import { DlqError } from "../errors.js";
+import { MultiFileDownloadJob } from "../job.js";
+import type { DownloadQueue } from "../queue.js";
 import {
   downloadRequestFromWire,
   jobToRest,

@@ -9,7 +9,7 @@ import { lookup as dnsLookup } from "node:dns";
 import { lookup as dnsLookupAll } from "node:dns/promises";
 import { isIP, type LookupFunction } from "node:net";
 import { Agent } from "undici";
-import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../index.js";
+import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../errors.js";
 
 /** Every address `hostname` resolves to; the hook lets tests stand in for DNS. */
 export type Resolver = (hostname: string) => Promise<string[]>;

@@ -4,7 +4,7 @@
  * send instead.
  */
 import type { FastifySchemaValidationError } from "fastify";
-import { DlqError } from "../index.js";
+import { DlqError } from "../errors.js";
 
 export class InvalidBodyError extends DlqError {
   constructor(message: string) {
