@@ -1,226 +1,46 @@
 import { EventEmitter } from "node:events";
 import { stat } from "node:fs/promises";
 import { join, resolve, sep } from "node:path";
-import { type Dispatcher, EnvHttpProxyAgent, ProxyAgent } from "undici";
-import {
-  DlqError,
-  InvalidArgumentError,
-  InvalidUrlError,
-  QueueStoppedError,
-  TimeoutError,
-  UnknownJobIdError,
-  UnsupportedSchemeError,
-} from "./errors.js";
-import { checkRelativePath } from "./files/names.js";
+import type { Dispatcher } from "undici";
+import { DlqError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
 import { discardPartial, partialsIn } from "./files/partial.js";
-import { SpaceLedger } from "./files/space.js";
 import { PriorityHeap } from "./heap.js";
 import { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
-import { defaultLogger, type Logger, redact } from "./logger.js";
+import { LeaderIndex } from "./leaders.js";
+import { type Logger, redact } from "./logger.js";
+import type {
+  DownloadCallbacks,
+  DownloadQueueOptions,
+  DownloadRequest,
+  EventBus,
+  MultiFileDownloadRequest,
+} from "./options.js";
+import { CallbackSharing, Interruption, JobRuntime, MultiRuntime, pickCallbacks, settled } from "./runtime.js";
+import { fileJobOf, fileRecord, multiJobOf, multiRecord } from "./store/records.js";
 import { SqliteJobStore } from "./store/sqlite.js";
 import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
-import { CREDENTIAL_HEADERS, type TransferSettings, transfer } from "./transfer/http.js";
+import { type TransferSettings, transfer } from "./transfer/http.js";
 import { pacer, type RateLimiter, rateLimiter } from "./transfer/rate.js";
-import { eventPayload, type QueueEventName, type QueueEventPayloads } from "./wire.js";
+import {
+  checkMultiFileRequest,
+  checkRequest,
+  jobOptions,
+  resolveOptions,
+  type TokenPattern,
+  tokenFor,
+} from "./validate.js";
+import { eventPayload, type QueueEventName, type QueueEvents } from "./wire.js";
 
-const VERSION = "0.1.0";
-
-export interface TokenRule {
-  /** A RegExp, or the source of one (InvokeAI's `url_regex`), tested against the job's source URL. */
-  url: string | RegExp;
-  token: string;
-}
-
-export interface EventBus {
-  emit(event: string, payload: object): unknown;
-}
-
-export interface DownloadQueueOptions {
-  /** Transfers running at once (default 5). */
-  maxParallelDownloads?: number;
-  /** An application-wide bus that receives every event too (InvokeAI's `event_bus`). */
-  eventBus?: EventBus;
-  /** Per-host tokens (InvokeAI's `remote_api_tokens`): the first rule matching a source gives its token. */
-  tokens?: TokenRule[];
-  /** Retries of transient failures per job, with exponential backoff (default 5). */
-  retries?: number;
-  /** First backoff delay; it doubles per failure up to `maxRetryDelayMs` (defaults 1000 and 60000). */
-  retryDelayMs?: number;
-  maxRetryDelayMs?: number;
-  /** A body that sends nothing for this long is a stall and is retried (default 60000). */
-  readTimeoutMs?: number;
-  /** Waiting for response headers longer than this is retried (default 60000). */
-  headersTimeoutMs?: number;
-  /** TCP/TLS connect timeout of the default dispatcher (default 30000). */
-  connectTimeoutMs?: number;
-  /** Your own undici dispatcher (proxy, custom agent); InvokeAI's `requests_session`. */
-  dispatcher?: Dispatcher;
-  /**
-   * Parallel range requests per file of 8 MiB or more, when the server supports ranges (aria2's `-x`; default 1).
-   * Counted per job: maxParallelDownloads still limits jobs, not connections.
-   */
-  connectionsPerFile?: number;
-  /**
-   * Flush files of 8 MiB or more to the disk before they are renamed into place, so a power cut or an OS crash
-   * cannot leave a file with holes at its final path (default true). Off, a download finishes as soon as the
-   * kernel has its bytes, as with curl and aria2; a killed process loses nothing either way.
-   */
-  fsync?: boolean;
-  /** How often, at most, `onProgress` and `download_progress` fire per job (default 100 ms). */
-  progressIntervalMs?: number;
-  logger?: Logger;
-  userAgent?: string;
-  /**
-   * Where jobs are kept: a path to a SQLite file (created if missing) makes the queue durable: unfinished jobs
-   * come back and resume when a queue is created on the same file. Default: in memory.
-   */
-  store?: string | JobStore;
-  /** Refuse a redirect by throwing (used by the REST service against SSRF). */
-  checkRedirect?: (url: URL) => void | Promise<void>;
-  /**
-   * Bytes per second for all transfers of this queue together (default: unlimited). A job's own
-   * `maxBytesPerSecond` applies too: the lower wins.
-   */
-  maxBytesPerSecond?: number;
-  /**
-   * A proxy URL for every request (`http://user:pass@host:port`). Without it and without `dispatcher`, the proxy
-   * comes from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (and their lowercase forms).
-   */
-  proxy?: string;
-  /**
-   * Fetch a file again even when the final path already holds it complete (default false: a finished file whose
-   * sha256, or size and validators, still match is reported completed without transferring its body).
-   */
-  overwrite?: boolean;
-}
-
-export interface DownloadCallbacks<J> {
-  onStart?: (job: J) => unknown;
-  onProgress?: (job: J) => unknown;
-  onComplete?: (job: J) => unknown;
-  onCancelled?: (job: J) => unknown;
-  onError?: (job: J, error: Error) => unknown;
-}
-
-export interface DownloadRequest extends DownloadCallbacks<DownloadJob> {
-  source: string | URL;
-  /** An existing folder (the name comes from the server), or the file to create. */
-  dest: string;
-  /** Lower runs first (default 10). */
-  priority?: number;
-  accessToken?: string;
-  /** Extra request headers. */
-  headers?: Record<string, string>;
-  /** Expected sha256 (hex); a mismatch fails the job and discards the file. */
-  sha256?: string;
-  /** Expected size in bytes; a response that is larger is stopped at once. */
-  size?: number;
-  /** This job's own rate limit in bytes per second; the queue's applies too (the lower wins). */
-  maxBytesPerSecond?: number;
-  /** Fetch again even when the final path already holds the complete file (default: the queue's `overwrite`). */
-  overwrite?: boolean;
-}
-
-export interface RemoteFile {
-  url: string | URL;
-  /** Relative to the job's dest; must not leave it. */
-  path: string;
-  sha256?: string;
-  size?: number;
-}
-
-export interface MultiFileDownloadRequest extends DownloadCallbacks<MultiFileDownloadJob> {
-  parts: RemoteFile[];
-  dest: string;
-  priority?: number;
-  accessToken?: string;
-  headers?: Record<string, string>;
-  /** The job's rate limit in bytes per second, shared by its parts; the queue's applies too (the lower wins). */
-  maxBytesPerSecond?: number;
-  /** Fetch every part again even when its file is already complete (default: the queue's `overwrite`). */
-  overwrite?: boolean;
-}
-
-export type QueueEvents = { [E in QueueEventName]: [payload: QueueEventPayloads[E]] };
-
-/** Why a running transfer was aborted; decides the state it lands in. */
-class Interruption {
-  constructor(readonly to: "cancelled" | "paused" | "waiting") {}
-}
-
-interface Settled<J> {
-  promise: Promise<J>;
-  resolve: (job: J) => void;
-}
-
-function settled<J>(): Settled<J> {
-  let resolveFn: (job: J) => void = () => {};
-  const promise = new Promise<J>((r) => {
-    resolveFn = r;
-  });
-  return { promise, resolve: resolveFn };
-}
-
-/** Shared by every job that has no follower yet (frozen: attaching replaces it, never pushes to it). */
-const NO_FOLLOWERS = Object.freeze([]) as unknown as JobRuntime[];
-const NO_CALLBACKS: { readonly [K in keyof DownloadCallbacks<unknown>]?: undefined } = Object.freeze({});
-
-/**
- * What the queue keeps about one job besides the job itself, for as long as the job is listed; 100,000 may wait at
- * once, so it holds only what a waiting job needs. A class, so every runtime shares one hidden class (an object
- * literal built with a spread got a hidden class of its own per job, about 1 KB each). What only a running job
- * needs (its AbortController) is created by #run, a waitForJob() promise by the first waitForJob().
- */
-class JobRuntime {
-  /** Later jobs for the same URL and the same file: they share this job's transfer. */
-  followers: JobRuntime[] = NO_FOLLOWERS;
-  leader: JobRuntime | undefined = undefined;
-  controller: AbortController | undefined = undefined;
-  /** Settles waitForJob(); made by the first call while the job is unfinished. */
-  done: Settled<DownloadJob> | undefined = undefined;
-  started = false;
-  lastProgressAt = 0;
-  lastProgressBytes = -1;
-
-  constructor(
-    readonly job: DownloadJob,
-    readonly callbacks: DownloadCallbacks<DownloadJob>,
-    readonly accessToken: string | undefined,
-    readonly headers: Record<string, string> | undefined,
-    /** dest ended with a path separator: a folder to create, even though it does not exist yet. */
-    readonly destNamesFolder: boolean,
-    /** Multi-file parts always write to their exact path. */
-    readonly exactPath: boolean,
-    readonly parent: MultiRuntime | undefined,
-    /** This job's own rate limit (a multi-file part shares its parent's). */
-    readonly limiter: RateLimiter | undefined,
-    /** Fetch even when the final file is already complete; undefined: the queue's `overwrite`. */
-    readonly overwrite: boolean | undefined,
-  ) {}
-
-  /** For the heap. */
-  get priority(): number {
-    return this.job.priority;
-  }
-}
-
-interface MultiRuntime {
-  readonly job: MultiFileDownloadJob;
-  readonly callbacks: DownloadCallbacks<MultiFileDownloadJob>;
-  readonly parts: JobRuntime[];
-  readonly done: Settled<MultiFileDownloadJob>;
-  lastProgressAt: number;
-  lastProgressBytes: number;
-  readonly options: JobOptions;
-  /** The job's rate limit, shared by its parts. */
-  readonly limiter: RateLimiter | undefined;
-}
-
-/** What a job asked for besides where and what: kept in the store, so a restored job behaves the same. */
-interface JobOptions {
-  maxBytesPerSecond?: number;
-  overwrite?: boolean;
-}
+export type {
+  DownloadCallbacks,
+  DownloadQueueOptions,
+  DownloadRequest,
+  EventBus,
+  MultiFileDownloadRequest,
+  RemoteFile,
+  TokenRule,
+} from "./options.js";
+export type { QueueEvents } from "./wire.js";
 
 /**
  * A parallel download queue with priorities, callbacks, events, cancellation, multi-file jobs and resume: the
@@ -229,7 +49,7 @@ interface JobOptions {
 export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #maxParallel: number;
   readonly #eventBus: EventBus | undefined;
-  readonly #tokens: { pattern: RegExp; token: string }[];
+  readonly #tokens: readonly TokenPattern[];
   readonly #settings: TransferSettings;
   readonly #ownDispatcher: Dispatcher | undefined;
   /** The queue's own rate limit, shared by all its transfers. */
@@ -244,11 +64,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #heap = new PriorityHeap<JobRuntime>();
   /** Waiting or running: what join() waits for. */
   readonly #active = new Set<JobRuntime>();
-  /**
-   * The job that transfers each (source, dest) right now, so a duplicate attaches instead of fetching again. Keyed
-   * by source, then by dest only when one source goes to several places: no composite key string per job.
-   */
-  readonly #leaders = new Map<string, JobRuntime | Map<string, JobRuntime>>();
+  readonly #leaders = new LeaderIndex<JobRuntime>();
   /**
    * Destinations seen to be folders: a thousand jobs into one folder need one stat, not one each. A folder removed
    * later is created again by the next job into it, as one whose name ends in "/" would be.
@@ -260,39 +76,22 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   readonly #ownStore: boolean;
   #pumpScheduled = false;
   #stopped = false;
-  /** The last callbacks a job was given: jobs submitted with the same functions share one object. */
-  #lastCallbacks: DownloadCallbacks<DownloadJob> = NO_CALLBACKS;
+  readonly #callbacks = new CallbackSharing();
   /** The last dest resolved, so jobs queued into one folder share one string. */
   #lastDest = { given: "", cwd: "", resolved: "" };
 
   constructor(options: DownloadQueueOptions = {}) {
     super();
-    this.#maxParallel = positiveInteger(options.maxParallelDownloads ?? 5, "maxParallelDownloads");
-    this.#eventBus = options.eventBus;
-    this.#tokens = (options.tokens ?? []).map(({ url, token }) => ({
-      pattern: typeof url === "string" ? new RegExp(url) : url,
-      token,
-    }));
-    this.#logger = options.logger ?? defaultLogger;
-    this.#progressIntervalMs = options.progressIntervalMs ?? 100;
-    this.#limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
-    this.#ownDispatcher = options.dispatcher ? undefined : ownDispatcher(options);
-    this.#overwrite = options.overwrite ?? false;
-    this.#settings = {
-      dispatcher: options.dispatcher ?? (this.#ownDispatcher as Dispatcher),
-      headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
-      readTimeoutMs: options.readTimeoutMs ?? 60_000,
-      retries: nonNegativeInteger(options.retries ?? 5, "retries"),
-      retryDelayMs: options.retryDelayMs ?? 1000,
-      maxRetryDelayMs: options.maxRetryDelayMs ?? 60_000,
-      maxRedirects: 10,
-      connectionsPerFile: positiveInteger(options.connectionsPerFile ?? 1, "connectionsPerFile"),
-      fsync: options.fsync ?? true,
-      userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
-      logger: this.#logger,
-      space: new SpaceLedger(),
-      checkRedirect: options.checkRedirect,
-    };
+    const resolved = resolveOptions(options);
+    this.#maxParallel = resolved.maxParallelDownloads;
+    this.#eventBus = resolved.eventBus;
+    this.#tokens = resolved.tokens;
+    this.#logger = resolved.logger;
+    this.#progressIntervalMs = resolved.progressIntervalMs;
+    this.#limiter = resolved.limiter;
+    this.#ownDispatcher = resolved.ownDispatcher;
+    this.#overwrite = resolved.overwrite;
+    this.#settings = resolved.settings;
     this.#ownStore = typeof options.store === "string";
     this.#store =
       typeof options.store === "string" ? new SqliteJobStore(options.store) : (options.store ?? new MemoryJobStore());
@@ -307,32 +106,18 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   /** Queues several files under one root; one part failing cancels the others and fails the whole job. */
   multifileDownload(request: MultiFileDownloadRequest): MultiFileDownloadJob {
     this.#assertOpen();
-    if (!Array.isArray(request.parts) || request.parts.length === 0) {
-      throw new InvalidArgumentError("multifileDownload needs at least one part ({ url, path }).");
-    }
-    const dest = checkDest(request.dest);
-    const parts = request.parts.map((part) => ({
-      source: checkSource(part.url),
-      path: checkRelativePath(part.path),
-      ...checkExpectations(part),
-    }));
-    checkPriority(request.priority);
+    const { dest, parts } = checkMultiFileRequest(request);
     const limiter = rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
     const id = this.#store.nextId();
-    const partRuntimes: JobRuntime[] = [];
     const roots = new Set(parts.map((part) => part.path.split("/")[0]));
     const root =
       roots.size === 1 && parts.every((part) => part.path.includes("/")) ? join(dest, [...roots][0] as string) : dest;
-    const multi: MultiRuntime = {
-      job: new MultiFileDownloadJob(id, dest, root, []),
-      callbacks: pickCallbacks(request),
-      parts: partRuntimes,
-      done: settled(),
-      lastProgressAt: 0,
-      lastProgressBytes: -1,
-      options: jobOptions(request),
+    const multi = new MultiRuntime(
+      new MultiFileDownloadJob(id, dest, root, []),
+      pickCallbacks(request),
+      jobOptions(request),
       limiter,
-    };
+    );
     for (const part of parts) {
       const runtime = this.#submit(
         {
@@ -347,9 +132,9 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         },
         { exactPath: true, parent: multi },
       );
-      partRuntimes.push(runtime);
+      multi.parts.push(runtime);
     }
-    (multi.job.downloadParts as DownloadJob[]).push(...partRuntimes.map((runtime) => runtime.job));
+    (multi.job.downloadParts as DownloadJob[]).push(...multi.parts.map((runtime) => runtime.job));
     this.#multiJobs.set(id, multi);
     this.#persistMulti(multi);
     return multi.job;
@@ -478,18 +263,15 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   #submit(request: DownloadRequest, placement: { exactPath: boolean; parent: MultiRuntime | undefined }): JobRuntime {
     this.#assertOpen();
-    const source = checkSource(request.source);
-    const dest = checkDest(request.dest);
-    const priority = checkPriority(request.priority);
-    const { sha256, size } = checkExpectations(request);
+    const { source, dest, priority, sha256, size } = checkRequest(request);
     const limiter = placement.parent
       ? placement.parent.limiter
       : rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
     const job = new DownloadJob(this.#store.nextId(), source, this.#resolveDest(dest), priority, sha256, size);
-    const runtime = this.#track(job, this.#callbacksOf(request), {
+    const runtime = this.#track(job, this.#callbacks.of(request), {
       headers: request.headers,
       accessToken: request.accessToken,
-      destNamesFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
+      destIsFolder: !placement.exactPath && (dest.endsWith("/") || dest.endsWith(sep)),
       exactPath: placement.exactPath,
       parent: placement.parent,
       limiter,
@@ -505,15 +287,15 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     callbacks: DownloadCallbacks<DownloadJob>,
     how: Pick<
       JobRuntime,
-      "headers" | "accessToken" | "destNamesFolder" | "exactPath" | "parent" | "limiter" | "overwrite"
+      "headers" | "accessToken" | "destIsFolder" | "exactPath" | "parent" | "limiter" | "overwrite"
     >,
   ): JobRuntime {
     const runtime = new JobRuntime(
       job,
       callbacks,
-      how.accessToken ?? this.#tokens.find((rule) => rule.pattern.test(job.source))?.token,
+      how.accessToken ?? tokenFor(this.#tokens, job.source),
       how.headers,
-      how.destNamesFolder,
+      how.destIsFolder,
       how.exactPath,
       how.parent,
       how.limiter,
@@ -521,25 +303,6 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     );
     this.#jobs.set(job.id, runtime);
     return runtime;
-  }
-
-  /**
-   * The request's callbacks, without keeping the request itself (nor its source string) alive: the same object as
-   * the previous job's when the functions are the same, as when a loop queues many jobs with one onError.
-   */
-  #callbacksOf(request: DownloadCallbacks<DownloadJob>): DownloadCallbacks<DownloadJob> {
-    const last = this.#lastCallbacks;
-    if (
-      request.onStart === last.onStart &&
-      request.onProgress === last.onProgress &&
-      request.onComplete === last.onComplete &&
-      request.onCancelled === last.onCancelled &&
-      request.onError === last.onError
-    ) {
-      return last;
-    }
-    this.#lastCallbacks = pickCallbacks(request);
-    return this.#lastCallbacks;
   }
 
   /** path.resolve, but jobs queued into the same dest from the same working folder share one string. */
@@ -556,53 +319,24 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
    */
   #restore(stored: StoredJob[]): void {
     for (const record of stored.filter((r) => r.kind === "multi")) {
-      const job = new MultiFileDownloadJob(record.id, record.dest, record.downloadPath ?? record.dest, []);
-      Object.assign(job, { status: record.status, errorType: record.errorType, error: record.error });
-      const options = { maxBytesPerSecond: record.maxBytesPerSecond, overwrite: record.overwrite };
-      const multi: MultiRuntime = {
-        job,
-        callbacks: {},
-        parts: [],
-        done: settled(),
-        lastProgressAt: 0,
-        lastProgressBytes: -1,
-        options,
-        limiter: rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond"),
-      };
-      this.#multiJobs.set(record.id, multi);
+      const { job, options } = multiJobOf(record);
+      const limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
+      this.#multiJobs.set(record.id, new MultiRuntime(job, {}, options, limiter));
     }
     for (const record of stored.filter((r) => r.kind === "file")) {
-      const job = new DownloadJob(
-        record.id,
-        record.source as string,
-        record.dest,
-        record.priority,
-        record.sha256,
-        record.size,
-      );
-      Object.assign(job, {
-        status: record.status,
-        downloadPath: record.downloadPath,
-        bytes: record.bytes,
-        totalBytes: record.totalBytes,
-        contentType: record.contentType,
-        jobStarted: record.jobStarted ? new Date(record.jobStarted) : undefined,
-        jobEnded: record.jobEnded ? new Date(record.jobEnded) : undefined,
-        errorType: record.errorType,
-        error: record.error,
-      });
-      const parent = record.parentId === undefined ? undefined : this.#multiJobs.get(record.parentId);
+      const { job, extras } = fileJobOf(record);
+      const parent = extras.parentId === undefined ? undefined : this.#multiJobs.get(extras.parentId);
       const runtime = this.#track(
         job,
         {},
         {
-          headers: record.headers,
+          headers: extras.headers,
           accessToken: undefined,
-          destNamesFolder: record.destIsFolder ?? false,
+          destIsFolder: extras.destIsFolder,
           exactPath: parent !== undefined,
           parent,
-          limiter: parent ? parent.limiter : rateLimiter(record.maxBytesPerSecond, "maxBytesPerSecond"),
-          overwrite: record.overwrite,
+          limiter: parent ? parent.limiter : rateLimiter(extras.maxBytesPerSecond, "maxBytesPerSecond"),
+          overwrite: extras.overwrite,
         },
       );
       if (parent) {
@@ -618,60 +352,30 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   }
 
   #persist(runtime: JobRuntime): void {
-    const { job } = runtime;
-    this.#store.put({
-      id: job.id,
-      kind: "file",
-      parentId: runtime.parent?.job.id,
-      source: job.source,
-      dest: job.dest,
-      destIsFolder: runtime.destNamesFolder || undefined,
-      priority: job.priority,
-      status: job.status,
-      downloadPath: job.downloadPath,
-      bytes: job.bytes,
-      totalBytes: job.totalBytes,
-      contentType: job.contentType,
-      jobStarted: job.jobStarted?.toISOString(),
-      jobEnded: job.jobEnded?.toISOString(),
-      errorType: job.errorType,
-      error: job.error,
-      sha256: job.sha256,
-      size: job.size,
-      headers: withoutCredentials(runtime.headers),
-      maxBytesPerSecond: runtime.parent ? undefined : runtime.limiter?.bytesPerSecond,
-      overwrite: runtime.overwrite,
-    });
+    this.#store.put(
+      fileRecord(runtime.job, {
+        parentId: runtime.parent?.job.id,
+        destIsFolder: runtime.destIsFolder,
+        headers: runtime.headers,
+        maxBytesPerSecond: runtime.parent ? undefined : runtime.limiter?.bytesPerSecond,
+        overwrite: runtime.overwrite,
+      }),
+    );
   }
 
   #persistMulti(multi: MultiRuntime): void {
-    const { job } = multi;
-    this.#store.put({
-      id: job.id,
-      kind: "multi",
-      dest: job.dest,
-      priority: multi.parts[0]?.priority ?? 10,
-      status: job.status,
-      downloadPath: job.downloadPath,
-      bytes: job.bytes,
-      totalBytes: job.totalBytes,
-      errorType: job.errorType,
-      error: job.error,
-      ...multi.options,
-    });
+    this.#store.put(multiRecord(multi.job, multi.parts[0]?.priority ?? 10, multi.options));
   }
 
   /** Queues a new job, or attaches it to the job already fetching the same URL into the same place. */
   #schedule(runtime: JobRuntime): void {
-    const leader = this.#leaderOf(runtime.job);
+    const leader = this.#leaders.get(runtime.job);
     if (!leader || leader.job.inTerminalState || runtime.parent) {
-      if (!runtime.parent) this.#setLeader(runtime);
+      if (!runtime.parent) this.#leaders.set(runtime);
       this.#enqueue(runtime);
       return;
     }
-    runtime.leader = leader;
-    if (leader.followers === NO_FOLLOWERS) leader.followers = [runtime];
-    else leader.followers.push(runtime);
+    leader.attach(runtime);
     runtime.job.status = leader.job.status;
     if (runtime.job.status !== DownloadJobStatus.Paused) this.#active.add(runtime);
     this.#persist(runtime);
@@ -700,36 +404,6 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     );
     if (isFolder) this.#knownFolders.add(path);
     return isFolder;
-  }
-
-  #leaderOf({ source, dest }: DownloadJob): JobRuntime | undefined {
-    const entry = this.#leaders.get(source);
-    if (entry instanceof Map) return entry.get(dest);
-    return entry?.job.dest === dest ? entry : undefined;
-  }
-
-  #setLeader(runtime: JobRuntime): void {
-    const { source, dest } = runtime.job;
-    const entry = this.#leaders.get(source);
-    if (entry instanceof Map) {
-      entry.set(dest, runtime);
-    } else if (entry === undefined || entry.job.dest === dest) {
-      this.#leaders.set(source, runtime);
-    } else {
-      const byDest = new Map([[entry.job.dest, entry]]);
-      this.#leaders.set(source, byDest.set(dest, runtime));
-    }
-  }
-
-  #dropLeader(runtime: JobRuntime): void {
-    const { source, dest } = runtime.job;
-    const entry = this.#leaders.get(source);
-    if (entry === runtime) {
-      this.#leaders.delete(source);
-    } else if (entry instanceof Map && entry.get(dest) === runtime) {
-      entry.delete(dest);
-      if (entry.size === 0) this.#leaders.delete(source);
-    }
   }
 
   #followStart(leader: JobRuntime, follower: JobRuntime): void {
@@ -787,13 +461,13 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       follower.job.jobStarted = job.jobStarted;
     }
     try {
-      const destIsDirectory = !runtime.exactPath && (runtime.destNamesFolder || (await this.#isFolder(job.dest)));
+      const destIsFolder = !runtime.exactPath && (runtime.destIsFolder || (await this.#isFolder(job.dest)));
       const result = await transfer(
         {
           source: job.source,
           dest: job.dest,
-          destIsDirectory,
-          downloadPath: job.downloadPath ?? (destIsDirectory ? await this.#partialFor(job) : undefined),
+          destIsDirectory: destIsFolder,
+          downloadPath: job.downloadPath ?? (destIsFolder ? await this.#partialFor(job) : undefined),
           accessToken: runtime.accessToken,
           headers: runtime.headers,
           expectedSize: job.size,
@@ -891,8 +565,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     const { job } = runtime;
     if (job.inTerminalState) return;
     if (runtime.leader) {
-      // Only this caller gives up; the shared transfer goes on for the others.
-      runtime.leader.followers.splice(runtime.leader.followers.indexOf(runtime), 1);
+      runtime.leader.detach(runtime);
       this.#settle(runtime, DownloadJobStatus.Cancelled);
       return;
     }
@@ -935,7 +608,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       this.#call(runtime.callbacks.onError, job, error);
     }
     if (runtime.parent) this.#partSettled(runtime.parent, runtime, error);
-    this.#dropLeader(runtime);
+    this.#leaders.delete(runtime);
     for (const follower of runtime.followers) {
       if (follower.job.inTerminalState) continue;
       const { downloadPath, bytes, totalBytes, errorType, error: trace } = job;
@@ -1053,92 +726,4 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #assertOpen(): void {
     if (this.#stopped) throw new QueueStoppedError();
   }
-}
-
-function jobOptions(request: JobOptions): JobOptions {
-  if (request.maxBytesPerSecond === undefined && request.overwrite === undefined) return {};
-  return { maxBytesPerSecond: request.maxBytesPerSecond, overwrite: request.overwrite };
-}
-
-/**
- * The queue's own undici dispatcher: through `proxy` when given, else through the proxy the environment names
- * (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lowercase forms), else direct. Every connection, to a proxy or to an
- * origin, is bounded by connectTimeoutMs.
- */
-function ownDispatcher(options: DownloadQueueOptions): Dispatcher {
-  const timeout = options.connectTimeoutMs ?? 30_000;
-  const connection = {
-    connect: { timeout },
-    connectTimeout: timeout,
-    proxyTls: { timeout },
-    requestTls: { timeout },
-  };
-  if (options.proxy === undefined) return new EnvHttpProxyAgent(connection);
-  let uri: URL;
-  try {
-    uri = new URL(options.proxy);
-  } catch {
-    throw new InvalidArgumentError(
-      "proxy must be a URL such as http://proxy.example:3128 (credentials as user:pass@).",
-    );
-  }
-  if (uri.protocol !== "http:" && uri.protocol !== "https:") {
-    throw new InvalidArgumentError(`proxy must be an http:// or https:// URL, not ${uri.protocol}//.`);
-  }
-  return new ProxyAgent({ ...connection, uri: uri.href });
-}
-
-function pickCallbacks<J>(request: DownloadCallbacks<J>): DownloadCallbacks<J> {
-  const { onStart, onProgress, onComplete, onCancelled, onError } = request;
-  if (!onStart && !onProgress && !onComplete && !onCancelled && !onError) return NO_CALLBACKS;
-  return { onStart, onProgress, onComplete, onCancelled, onError };
-}
-
-function checkSource(source: string | URL): string {
-  let url: URL;
-  try {
-    url = new URL(String(source));
-  } catch {
-    throw new InvalidUrlError(String(source));
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UnsupportedSchemeError(url.protocol);
-  if (!url.hostname) throw new InvalidUrlError(String(source));
-  return url.href;
-}
-
-function checkPriority(priority: number | undefined): number {
-  if (priority === undefined) return 10;
-  if (!Number.isFinite(priority)) throw new InvalidArgumentError(`priority must be a number, not ${priority}.`);
-  return priority;
-}
-
-function checkExpectations(expect: { sha256?: string; size?: number }): { sha256?: string; size?: number } {
-  if (expect.size !== undefined) nonNegativeInteger(expect.size, "size");
-  if (expect.sha256 !== undefined && !/^[0-9a-f]{64}$/i.test(expect.sha256)) {
-    throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
-  }
-  return { sha256: expect.sha256?.toLowerCase(), size: expect.size };
-}
-
-/** Secrets are never written to the store; a restored job gets its token from the `tokens` rules again. */
-function withoutCredentials(headers: Record<string, string> | undefined): Record<string, string> | undefined {
-  if (!headers) return undefined;
-  return Object.fromEntries(Object.entries(headers).filter(([name]) => !CREDENTIAL_HEADERS.has(name.toLowerCase())));
-}
-
-function checkDest(dest: string): string {
-  if (typeof dest !== "string" || dest.length === 0 || dest.includes("\0")) {
-    throw new InvalidArgumentError("dest must be a non-empty path to a folder or a file.");
-  }
-  return dest;
-}
-
-function positiveInteger(value: number, name: string): number {
-  if (!Number.isSafeInteger(value) || value < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
-  return value;
-}
-
-function nonNegativeInteger(value: number, name: string): number {
-  if (!Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${name} must be 0 or more.`);
-  return value;
 }

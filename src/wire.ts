@@ -4,7 +4,7 @@
  * API's jobs carry every field, `null` when unset, as FastAPI sends them. Secrets never appear.
  */
 import type { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
-import type { DownloadRequest, MultiFileDownloadRequest } from "./queue.js";
+import type { DownloadRequest, MultiFileDownloadRequest } from "./options.js";
 
 export interface WireJob {
   source: string;
@@ -138,6 +138,8 @@ export interface QueueEventPayloads {
   download_paused: { id: number; source: string; download_path?: string; current_bytes: number; total_bytes: number };
 }
 export type QueueEventName = keyof QueueEventPayloads;
+/** The queue's events as its EventEmitter types them: one payload each. */
+export type QueueEvents = { [E in QueueEventName]: [payload: QueueEventPayloads[E]] };
 
 export function eventPayload<E extends QueueEventName>(event: E, job: DownloadJob): QueueEventPayloads[E] {
   const base = { id: job.id, source: job.source };

@@ -8,7 +8,7 @@ import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import Database from "better-sqlite3";
 import { BACKLOG_BYTES } from "../src/files/writer.js";
-import { DownloadQueue } from "../src/index.js";
+import { type DownloadJob, DownloadQueue } from "../src/index.js";
 import { SqliteJobStore } from "../src/store/sqlite.js";
 import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
@@ -117,7 +117,7 @@ describe("a durable queue", () => {
       [[kept.id, "completed", join(dir, "again.bin")]],
     );
     assert.equal(JSON.stringify(second.idToJob(kept.id)), JSON.stringify(kept));
-    assert.equal(second.idToJob(kept.id).contentType, "application/x-listed");
+    assert.equal((second.idToJob(kept.id) as DownloadJob).contentType, "application/x-listed");
     const next = second.download({ source: route.url, dest: join(dir, "third.bin") });
     assert.ok(next.id > kept.id && next.id > done.id);
     await second.join();

@@ -1,0 +1,202 @@
+/**
+ * Checks of what callers pass in, and the defaults that fill what they leave out. Every error here is thrown before
+ * anything is queued or fetched.
+ */
+import { type Dispatcher, EnvHttpProxyAgent, ProxyAgent } from "undici";
+import { InvalidArgumentError, InvalidUrlError, UnsupportedSchemeError } from "./errors.js";
+import { checkRelativePath } from "./files/names.js";
+import { SpaceLedger } from "./files/space.js";
+import { defaultLogger, type Logger } from "./logger.js";
+import type {
+  DownloadQueueOptions,
+  DownloadRequest,
+  EventBus,
+  JobOptions,
+  MultiFileDownloadRequest,
+} from "./options.js";
+import type { TransferSettings } from "./transfer/http.js";
+import { type RateLimiter, rateLimiter } from "./transfer/rate.js";
+import { VERSION } from "./version.js";
+
+export interface TokenPattern {
+  pattern: RegExp;
+  token: string;
+}
+
+/** The options with their defaults filled in, ready to run transfers with. */
+export interface ResolvedOptions {
+  maxParallelDownloads: number;
+  eventBus: EventBus | undefined;
+  tokens: readonly TokenPattern[];
+  logger: Logger;
+  progressIntervalMs: number;
+  /** The queue's own rate limit, shared by all its transfers. */
+  limiter: RateLimiter | undefined;
+  overwrite: boolean;
+  settings: TransferSettings;
+  /** The dispatcher made here because none was given: whoever resolved the options closes it. */
+  ownDispatcher: Dispatcher | undefined;
+}
+
+/**
+ * Validates the options and fills in their defaults. Its one side effect is the default dispatcher, made last, so
+ * an invalid option leaves nothing to close.
+ */
+export function resolveOptions(options: DownloadQueueOptions): ResolvedOptions {
+  const maxParallelDownloads = positiveInteger(options.maxParallelDownloads ?? 5, "maxParallelDownloads");
+  const tokens = (options.tokens ?? []).map(({ url, token }) => ({
+    pattern: typeof url === "string" ? new RegExp(url) : url,
+    token,
+  }));
+  const logger = options.logger ?? defaultLogger;
+  const limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
+  const proxy = options.dispatcher || options.proxy === undefined ? undefined : proxyUrl(options.proxy);
+  const retries = nonNegativeInteger(options.retries ?? 5, "retries");
+  const connectionsPerFile = positiveInteger(options.connectionsPerFile ?? 1, "connectionsPerFile");
+  const ownDispatcher = options.dispatcher ? undefined : defaultDispatcher(proxy, options.connectTimeoutMs ?? 30_000);
+  return {
+    maxParallelDownloads,
+    eventBus: options.eventBus,
+    tokens,
+    logger,
+    progressIntervalMs: options.progressIntervalMs ?? 100,
+    limiter,
+    overwrite: options.overwrite ?? false,
+    settings: {
+      dispatcher: options.dispatcher ?? (ownDispatcher as Dispatcher),
+      headersTimeoutMs: options.headersTimeoutMs ?? 60_000,
+      readTimeoutMs: options.readTimeoutMs ?? 60_000,
+      retries,
+      retryDelayMs: options.retryDelayMs ?? 1000,
+      maxRetryDelayMs: options.maxRetryDelayMs ?? 60_000,
+      maxRedirects: 10,
+      connectionsPerFile,
+      fsync: options.fsync ?? true,
+      userAgent: options.userAgent ?? `dlqueue/${VERSION}`,
+      logger,
+      space: new SpaceLedger(),
+      checkRedirect: options.checkRedirect,
+    },
+    ownDispatcher,
+  };
+}
+
+/** The token of the first rule whose pattern matches the source. */
+export function tokenFor(tokens: readonly TokenPattern[], source: string): string | undefined {
+  return tokens.find((rule) => rule.pattern.test(source))?.token;
+}
+
+function proxyUrl(proxy: string): URL {
+  let uri: URL;
+  try {
+    uri = new URL(proxy);
+  } catch {
+    throw new InvalidArgumentError(
+      "proxy must be a URL such as http://proxy.example:3128 (credentials as user:pass@).",
+    );
+  }
+  if (uri.protocol !== "http:" && uri.protocol !== "https:") {
+    throw new InvalidArgumentError(`proxy must be an http:// or https:// URL, not ${uri.protocol}//.`);
+  }
+  return uri;
+}
+
+/**
+ * The queue's own undici dispatcher: through `proxy` when given, else through the proxy the environment names
+ * (HTTP_PROXY, HTTPS_PROXY, NO_PROXY and their lowercase forms), else direct. Every connection, to a proxy or to an
+ * origin, is bounded by connectTimeoutMs.
+ */
+function defaultDispatcher(proxy: URL | undefined, timeout: number): Dispatcher {
+  const connection = {
+    connect: { timeout },
+    connectTimeout: timeout,
+    proxyTls: { timeout },
+    requestTls: { timeout },
+  };
+  if (proxy === undefined) return new EnvHttpProxyAgent(connection);
+  return new ProxyAgent({ ...connection, uri: proxy.href });
+}
+
+/** A single-file request, checked: what the job is made of. */
+export interface CheckedRequest {
+  source: string;
+  dest: string;
+  priority: number;
+  sha256: string | undefined;
+  size: number | undefined;
+}
+
+export function checkRequest(request: DownloadRequest): CheckedRequest {
+  const source = checkSource(request.source);
+  const dest = checkDest(request.dest);
+  const priority = checkPriority(request.priority);
+  const { sha256, size } = checkExpectations(request);
+  return { source, dest, priority, sha256, size };
+}
+
+/** A multi-file request, checked: every part's URL and path, before any part is queued. */
+export function checkMultiFileRequest(request: MultiFileDownloadRequest): {
+  dest: string;
+  parts: { source: string; path: string; sha256?: string; size?: number }[];
+} {
+  if (!Array.isArray(request.parts) || request.parts.length === 0) {
+    throw new InvalidArgumentError("multifileDownload needs at least one part ({ url, path }).");
+  }
+  const dest = checkDest(request.dest);
+  const parts = request.parts.map((part) => ({
+    source: checkSource(part.url),
+    path: checkRelativePath(part.path),
+    ...checkExpectations(part),
+  }));
+  checkPriority(request.priority);
+  return { dest, parts };
+}
+
+/** The request's per-job options, without keeping the request itself alive. */
+export function jobOptions(request: JobOptions): JobOptions {
+  if (request.maxBytesPerSecond === undefined && request.overwrite === undefined) return {};
+  return { maxBytesPerSecond: request.maxBytesPerSecond, overwrite: request.overwrite };
+}
+
+function checkSource(source: string | URL): string {
+  let url: URL;
+  try {
+    url = new URL(String(source));
+  } catch {
+    throw new InvalidUrlError(String(source));
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") throw new UnsupportedSchemeError(url.protocol);
+  if (!url.hostname) throw new InvalidUrlError(String(source));
+  return url.href;
+}
+
+function checkPriority(priority: number | undefined): number {
+  if (priority === undefined) return 10;
+  if (!Number.isFinite(priority)) throw new InvalidArgumentError(`priority must be a number, not ${priority}.`);
+  return priority;
+}
+
+function checkExpectations(expect: { sha256?: string; size?: number }): { sha256?: string; size?: number } {
+  if (expect.size !== undefined) nonNegativeInteger(expect.size, "size");
+  if (expect.sha256 !== undefined && !/^[0-9a-f]{64}$/i.test(expect.sha256)) {
+    throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
+  }
+  return { sha256: expect.sha256?.toLowerCase(), size: expect.size };
+}
+
+function checkDest(dest: string): string {
+  if (typeof dest !== "string" || dest.length === 0 || dest.includes("\0")) {
+    throw new InvalidArgumentError("dest must be a non-empty path to a folder or a file.");
+  }
+  return dest;
+}
+
+function positiveInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 1) throw new InvalidArgumentError(`${name} must be a positive integer.`);
+  return value;
+}
+
+function nonNegativeInteger(value: number, name: string): number {
+  if (!Number.isSafeInteger(value) || value < 0) throw new InvalidArgumentError(`${name} must be 0 or more.`);
+  return value;
+}
