@@ -197,13 +197,6 @@ export class FileLockedError extends DlqError {
   }
 }
 
-export class DownloadCancelledError extends DlqError {
-  constructor() {
-    super("The download was cancelled.", "DLQ_ERR_CANCELLED");
-    this.name = "DownloadJobCancelledException";
-  }
-}
-
 /** A proxy would not open a tunnel to the origin (undici's ProxyAgent reports its status only in a message). */
 export class ProxyError extends DlqError {
   readonly status: number;

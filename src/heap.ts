@@ -1,7 +1,3 @@
-/**
- * A binary min-heap ordered by `priority`, then by insertion order, so equal priorities run first-come first-served
- * (a plain array sort per insert would cost O(n log n) with 100,000 queued jobs).
- */
 export interface Prioritized {
   readonly priority: number;
 }
@@ -12,13 +8,13 @@ interface Entry<T> {
   readonly seq: number;
 }
 
+/**
+ * A binary min-heap ordered by `priority`, then by insertion order, so equal priorities run first-come first-served
+ * (a plain array sort per insert would cost O(n log n) with 100,000 queued jobs).
+ */
 export class PriorityHeap<T extends Prioritized> {
   readonly #entries: Entry<T>[] = [];
   #seq = 0;
-
-  get size(): number {
-    return this.#entries.length;
-  }
 
   push(item: T): void {
     this.#entries.push({ item, priority: item.priority, seq: this.#seq++ });
@@ -35,25 +31,6 @@ export class PriorityHeap<T extends Prioritized> {
       this.#siftDown(0);
     }
     return top.item;
-  }
-
-  peek(): T | undefined {
-    return this.#entries[0]?.item;
-  }
-
-  /** Removes every item the predicate selects; O(n), used for cancellation sweeps, not per job. */
-  removeWhere(predicate: (item: T) => boolean): T[] {
-    const removed: T[] = [];
-    const kept: Entry<T>[] = [];
-    for (const entry of this.#entries) predicate(entry.item) ? removed.push(entry.item) : kept.push(entry);
-    if (removed.length > 0) {
-      this.#entries.length = 0;
-      for (const entry of kept) {
-        this.#entries.push(entry);
-        this.#siftUp(this.#entries.length - 1);
-      }
-    }
-    return removed;
   }
 
   #before(a: Entry<T>, b: Entry<T>): boolean {

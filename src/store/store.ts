@@ -27,8 +27,6 @@ export interface StoredJob {
   sha256?: string;
   size?: number;
   headers?: Record<string, string>;
-  etag?: string;
-  lastModified?: string;
   /** The job's own rate limit (a multi-file job's, for all its parts). */
   maxBytesPerSecond?: number;
   /** Fetch even when the final file is already complete. */
