@@ -10,6 +10,7 @@ import type { DownloadQueue } from "../src/index.js";
 import { EventHub, type HubEvent } from "../src/server/events.js";
 import { prepareRoot, resolveDest } from "../src/server/paths.js";
 import { isLoopbackHost, tokenMatches } from "../src/server/security.js";
+import { createService } from "../src/server/service.js";
 import {
   assertPublicUrl,
   BlockedAddressError,
@@ -19,7 +20,7 @@ import {
   UnresolvableHostError,
 } from "../src/server/ssrf.js";
 import type { RestJob, RestMultiFileJob } from "../src/wire.js";
-import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
+import { fileSha256, listFiles, memoryLogger, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 import { API, type Service, SseReader, startService, waitUntil } from "./helpers/service.js";
 
@@ -1033,6 +1034,39 @@ describe("SSRF", () => {
     // The same setup downloads through a redirect that stays public: the refusals above are the guard's doing.
     await jobReaches(service, await submit("/redirect/to-public"), "completed");
     assert.equal(fine.requests.length, 1);
+  });
+
+  test("createService() arms the guard itself: its API and its queue refuse loopback sources", async (t) => {
+    const { logger } = memoryLogger();
+    const root = await tempDir(t);
+    const service = await createService({ root, logger, queueOptions: { retries: 0 } });
+    t.after(() => service.close());
+    const route = origin.route("/service/secret.bin", { size: 10 });
+    const reply = await service.app.inject({
+      method: "POST",
+      url: `${API}/i/`,
+      payload: { source: route.url, dest: "" },
+    });
+    assert.equal(reply.statusCode, 400, reply.body);
+    assert.match((reply.json() as { detail: string }).detail, /127\.0\.0\.1 is a loopback address/);
+    // A job given to the queue directly, past the API's check, is refused when it connects.
+    const port = new URL(origin.url).port;
+    const job = service.queue.download({ source: `http://localhost:${port}/service/secret.bin`, dest: root });
+    await service.queue.waitForJob(job, { timeoutMs: 15_000 });
+    assert.equal(job.status, "error");
+    assert.match(String(job.error), /loopback address/);
+    assert.equal(route.requests.length, 0);
+
+    const open = await createService({ root: await tempDir(t), logger, allowPrivateNetworks: true });
+    t.after(() => open.close());
+    const allowed = await open.app.inject({
+      method: "POST",
+      url: `${API}/i/`,
+      payload: { source: route.url, dest: "" },
+    });
+    assert.equal(allowed.statusCode, 200, allowed.body);
+    await open.queue.join();
+    assert.equal(route.requests.length, 1, "with allowPrivateNetworks the same source downloads");
   });
 });
 

@@ -1,10 +1,9 @@
 /** `dlqueue serve`: the queue as a local service, with InvokeAI's download_queue API, live events and a web page. */
 import { resolve } from "node:path";
 import { type Command, InvalidArgumentError, Option } from "commander";
-import { DownloadQueue } from "../index.js";
 import { API_PREFIX } from "../server/routes.js";
 import { isLoopbackHost } from "../server/security.js";
-import { guardedDispatcher, redirectGuard } from "../server/ssrf.js";
+import type { Service } from "../server/service.js";
 
 export interface ServeOptions {
   host: string;
@@ -73,32 +72,23 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
     usage(`--cors takes an origin such as "http://localhost:5173" (scheme, host, port; no path), not ${options.cors}.`);
   }
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
-  const dispatcher = allowPrivateNetworks ? undefined : guardedDispatcher();
-  let queue: DownloadQueue;
+  const root = resolve(options.root);
+  // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
+  const { createService, QueueSetupError } = await import("../server/service.js");
+  let service: Service | undefined;
   try {
-    queue = new DownloadQueue({
+    service = await createService({
+      root,
+      authToken,
+      allowPrivateNetworks,
+      cors: options.cors,
       maxParallelDownloads: options.maxParallel,
-      checkRedirect: redirectGuard({ allowPrivateNetworks }),
-      dispatcher,
       store: options.state === undefined ? undefined : resolve(options.state),
     });
+    await service.app.listen({ host: options.host, port: options.port });
   } catch (err) {
-    await dispatcher?.close();
-    return usage(`cannot open --state ${options.state}: ${(err as Error).message}`);
-  }
-  const root = resolve(options.root);
-  const shutdown = async () => {
-    await queue.stop();
-    await dispatcher?.close();
-  };
-  let app: Awaited<ReturnType<typeof import("../server/app.js").buildServer>>;
-  try {
-    // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
-    const { buildServer } = await import("../server/app.js");
-    app = await buildServer({ queue, root, authToken, allowPrivateNetworks, cors: options.cors });
-    await app.listen({ host: options.host, port: options.port });
-  } catch (err) {
-    await shutdown();
+    if (err instanceof QueueSetupError) return usage(`cannot open --state ${options.state}: ${err.message}`);
+    await service?.close();
     const code = (err as NodeJS.ErrnoException).code;
     const hint =
       code === "EADDRINUSE"
@@ -109,6 +99,7 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
     return usage(`cannot listen on ${options.host}:${options.port}: ${(err as Error).message}${hint}`);
   }
 
+  const { app } = service;
   const address = app.server.address();
   const port = typeof address === "object" && address ? address.port : options.port;
   const host = options.host.includes(":") ? `[${options.host}]` : options.host;
@@ -134,8 +125,7 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   process.once("SIGINT", force);
   process.once("SIGTERM", force);
   process.stderr.write(`dlqueue serve: ${signal}, stopping; unfinished downloads keep their partial files\n`);
-  await app.close();
-  await shutdown();
+  await service.close();
   process.off("SIGINT", force);
   process.off("SIGTERM", force);
   return 0;

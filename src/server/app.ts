@@ -24,9 +24,8 @@ import { parseJsonBody, validationIssues } from "./validation.js";
 
 export interface ServerOptions {
   /**
-   * The queue to serve. Unless allowPrivateNetworks, give it `checkRedirect: redirectGuard(policy)` and
-   * `dispatcher: guardedDispatcher()` (ssrf.ts) so redirects and connections are checked too: this server can only
-   * check what is submitted to it.
+   * The queue to serve. This server checks only what is submitted to it: unless allowPrivateNetworks, the queue must
+   * check redirects and connections itself, as the one createService() (service.ts) builds does.
    */
   queue: DownloadQueue;
   /** Every dest is resolved inside this folder, created if missing. */
