@@ -13,10 +13,11 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
+import { InvalidArgumentError } from "commander";
 import { Agent } from "undici";
 import { tokenRulesFromEnv } from "../src/cli/get.js";
 import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
-import { parseNumber, parseRate } from "../src/cli/numbers.js";
+import { integerArgument, parseNumber, parseRate } from "../src/cli/numbers.js";
 import { DownloadQueue } from "../src/index.js";
 import { clearedRows, displayWidth, fitWidth, formatDuration, formatLine } from "../src/progress/format.js";
 import { formatBytes } from "../src/units.js";
@@ -1029,6 +1030,15 @@ describe("dlqueue get: the flags users reach for", () => {
     ] as const) {
       assert.throws(() => parseNumber(bad, rules), bad);
     }
+  });
+
+  it("serve's --port and -j take the same parser as get's options, with a range", () => {
+    assert.equal(parseNumber("65535", { integer: true, min: 0, max: 65535 }), 65535);
+    assert.throws(() => parseNumber("65536", { integer: true, min: 0, max: 65535 }), /from 0 to 65535, not "65536"/);
+    assert.throws(() => parseNumber("-1", { integer: true, min: 0, max: 65535 }), /from 0 to 65535/);
+    const port = integerArgument(0, 65535);
+    assert.equal(port("9190"), 9190);
+    assert.throws(() => port("http"), InvalidArgumentError);
   });
 
   it("--limit-rate caps all downloads together; limit-rate= in the input file caps one", async () => {

@@ -3,7 +3,7 @@ import { existsSync, mkdirSync, statSync } from "node:fs";
 import { constants, homedir } from "node:os";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { debuglog } from "node:util";
-import { type Command, InvalidArgumentError } from "commander";
+import type { Command } from "commander";
 import { DlqError } from "../errors.js";
 import type { DownloadJob } from "../job.js";
 import type { Logger } from "../logger.js";
@@ -16,7 +16,7 @@ import { DownloadQueue } from "../queue.js";
 import { formatBytes } from "../units.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 import { INPUT_FILE_HELP, InputFileError, parseInputFile, readInputFile } from "./input-file.js";
-import { NumberSyntaxError, parseNumber, parseRate } from "./numbers.js";
+import { integerArgument, rateArgument, secondsArgument } from "./numbers.js";
 import { fileName, PlainProgress } from "./plain.js";
 
 export interface GetOptions {
@@ -137,29 +137,33 @@ Exit status:
 /** Options `get` and `resume` share: they set up the queue rather than its jobs. */
 function addQueueOptions(command: Command): Command {
   return command
-    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
+    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integerArgument(1))
     .option(
       "--retries <n>",
       "retries of an interrupted transfer, each resuming where it stopped (default: 5)",
-      integer(0),
+      integerArgument(0),
     )
-    .option("--retry-delay <seconds>", "wait before the first retry; it doubles at each (default: 1)", seconds(0))
+    .option(
+      "--retry-delay <seconds>",
+      "wait before the first retry; it doubles at each (default: 1)",
+      secondsArgument(0),
+    )
     .option(
       "--timeout <seconds>",
       "give up connecting, waiting for headers, or on a body that stops sending after this long, and retry " +
         "(default: 30 to connect, 60 for the others)",
-      seconds(0, true),
+      secondsArgument(0, true),
     )
     .option(
       "--limit-rate <rate>",
       "at most RATE bytes per second for all downloads together: 500k, 2M (k = 1024)",
-      rate,
+      rateArgument,
     )
     .option("--proxy <url>", "send every request through this HTTP proxy (default: HTTPS_PROXY / HTTP_PROXY)")
     .option(
       "-x, --connections <n>",
       "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
-      integer(1),
+      integerArgument(1),
     )
     .option(
       "--no-fsync",
@@ -177,7 +181,7 @@ export function addGetCommand(program: Command): Command {
     .argument("[url...]", "http:// or https:// URLs to download")
     .option("-d, --dest <dir>", "the folder to write into, created if missing (default: the current folder)")
     .option("-o, --output <file>", "for one URL: the file to write, relative to -d when given")
-    .option("-p, --priority <n>", "priority of the downloads; lower runs first (default: 10)", integer())
+    .option("-p, --priority <n>", "priority of the downloads; lower runs first (default: 10)", integerArgument())
     .option("-i, --input-file <file>", "also download the URLs listed in <file> (- for stdin); format below")
     .option("--token <token>", "access token for the URLs given as arguments (sent as a Bearer token)")
     .option("--header <header>", 'extra request header "Name: value"; repeatable', collect)
@@ -207,27 +211,6 @@ export function addResumeCommand(program: Command): Command {
       command,
     );
   });
-}
-
-function integer(min?: number): (value: string) => number {
-  return (value) => commanderNumber(() => parseNumber(value, { integer: true, min }));
-}
-
-function seconds(min: number, minExclusive = false): (value: string) => number {
-  return (value) => commanderNumber(() => parseNumber(value, { min, minExclusive }));
-}
-
-function rate(value: string): number {
-  return commanderNumber(() => parseRate(value));
-}
-
-function commanderNumber(parse: () => number): number {
-  try {
-    return parse();
-  } catch (err) {
-    if (err instanceof NumberSyntaxError) throw new InvalidArgumentError(err.message);
-    throw err;
-  }
 }
 
 function collect(value: string, previous: string[] | undefined): string[] {

@@ -1,9 +1,10 @@
 /** `dlqueue serve`: the queue as a local service, with InvokeAI's download_queue API, live events and a web page. */
 import { resolve } from "node:path";
-import { type Command, InvalidArgumentError, Option } from "commander";
+import { type Command, Option } from "commander";
 import { API_PREFIX } from "../server/routes.js";
 import { isLoopbackHost } from "../server/security.js";
 import type { Service } from "../server/service.js";
+import { integerArgument } from "./numbers.js";
 
 export interface ServeOptions {
   host: string;
@@ -46,12 +47,12 @@ export function addServeCommand(program: Command): Command {
     .command("serve")
     .description("Run the queue as a service: InvokeAI's download_queue REST API, live events and a web page.")
     .option("--host <host>", "address to listen on; anything but loopback needs --auth-token", "127.0.0.1")
-    .option("--port <n>", "port to listen on (0: any free port)", integer(0, 65535), 9190)
+    .option("--port <n>", "port to listen on (0: any free port)", integerArgument(0, 65535), 9190)
     .option("--root <dir>", "folder every download goes into (created if missing)", "./downloads")
     .addOption(new Option("--auth-token <token>", "require this Bearer token on the API").env("DLQUEUE_AUTH_TOKEN"))
     .option("--allow-private-networks", "let clients download from private, loopback and link-local addresses")
     .option("--cors <origin>", 'let pages from this origin call the API, e.g. "http://localhost:5173"')
-    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integer(1))
+    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integerArgument(1))
     .option("--state <file>", "keep jobs in this SQLite file, so they survive a restart and resume")
     .addHelpText("after", HELP)
     .action(async (options: ServeOptions, command: Command) => {
@@ -129,13 +130,4 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   process.off("SIGINT", force);
   process.off("SIGTERM", force);
   return 0;
-}
-
-function integer(min: number, max = Number.MAX_SAFE_INTEGER): (value: string) => number {
-  return (value) => {
-    if (!/^\d+$/.test(value)) throw new InvalidArgumentError("Give a whole number.");
-    const n = Number(value);
-    if (n < min || n > max) throw new InvalidArgumentError(`Give a whole number from ${min} to ${max}.`);
-    return n;
-  };
 }
