@@ -8,17 +8,9 @@ import { createInterface } from "node:readline";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
 import { HttpError } from "../src/errors.js";
-import { segmentsPathOf } from "../src/files/partial.js";
-import {
-  doneBytes,
-  downloadSegmented,
-  gaps,
-  merge,
-  planSegments,
-  RangeNotSupportedError,
-  readSegmentState,
-  type SegmentedOptions,
-} from "../src/transfer/segments.js";
+import { doneBytes, readSegmentState, segmentsPathOf } from "../src/files/sidecars.js";
+import { merge } from "../src/transfer/ranges.js";
+import { downloadSegmented, RangeNotSupportedError, type SegmentedOptions } from "../src/transfer/segments.js";
 import { fileSha256, listFiles, tempDir } from "./helpers/fs.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 
@@ -85,45 +77,6 @@ async function assertRangesHold(path: string, route: Route, ranges: Array<[numbe
     assert.ok(file.subarray(start, end).equals(content.subarray(start, end)), `bytes ${start}-${end} on disk`);
   }
 }
-
-describe("range helpers", () => {
-  test("merge, gaps and planSegments", () => {
-    assert.deepEqual(
-      merge([
-        [5, 7],
-        [0, 2],
-        [2, 3],
-        [6, 9],
-      ]),
-      [
-        [0, 3],
-        [5, 9],
-      ],
-    );
-    assert.deepEqual(
-      gaps(
-        [
-          [0, 3],
-          [5, 9],
-        ],
-        12,
-      ),
-      [
-        [3, 5],
-        [9, 12],
-      ],
-    );
-    assert.deepEqual(gaps([], 0), []);
-    const plan = planSegments([[0, 800]], 8, 100);
-    assert.equal(plan.length, 8);
-    assert.equal(sum(plan), 800);
-    // Never below the minimum: 250 bytes make two segments of ≥ 100, not three.
-    assert.deepEqual(planSegments([[0, 250]], 8, 100), [
-      [0, 125],
-      [125, 250],
-    ]);
-  });
-});
 
 describe("downloadSegmented", () => {
   test("8 connections, byte-exact, sidecar removed, progress reaches the total", async (t) => {

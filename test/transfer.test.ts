@@ -3,7 +3,7 @@ import { existsSync } from "node:fs";
 import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { writeValidators } from "../src/files/partial.js";
+import { writeValidators } from "../src/files/sidecars.js";
 import { type DownloadJob, DownloadQueue, type DownloadQueueOptions } from "../src/index.js";
 import { fileSha256, listFiles, memoryLogger, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";

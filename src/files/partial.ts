@@ -1,35 +1,10 @@
 import type { Stats } from "node:fs";
-import { open, readdir, readFile, readlink, rename, stat, symlink, utimes, writeFile } from "node:fs/promises";
+import { open, readdir, readFile, readlink, rename, stat, symlink, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { FileLockedError, fsError } from "../errors.js";
 import { inFolder, removeIfPresent } from "./disk.js";
+import { PARTIAL_SUFFIX, partialPathOf, readValidators, removeSidecars, VALIDATORS_SUFFIX } from "./sidecars.js";
 import { PartialFile } from "./writer.js";
-
-/** Data streams into `<final>.downloading`; the final path only ever holds a complete file. */
-export const PARTIAL_SUFFIX = ".downloading";
-/** Beside the partial: what it was started from, so a resume can prove the server still has the same file. */
-const META_SUFFIX = ".downloading.json";
-
-export interface Validators {
-  source: string;
-  etag?: string;
-  lastModified?: string;
-  totalBytes?: number;
-  /**
-   * The partial was preallocated for segments: its size says nothing about what it holds, and without its ranges
-   * sidecar (lost in a power cut, say) it must not be taken for a prefix.
-   */
-  segmented?: boolean;
-}
-
-/** The finished ranges of a partial being fetched over several connections. */
-export function segmentsPathOf(partialPath: string): string {
-  return `${partialPath}.segments.json`;
-}
-
-export function partialPathOf(finalPath: string): string {
-  return finalPath + PARTIAL_SUFFIX;
-}
 
 let ownPartials = 0;
 
@@ -40,28 +15,6 @@ let ownPartials = 0;
  */
 export function ownPartialPathOf(finalPath: string): string {
   return `${finalPath}${PARTIAL_SUFFIX}-${process.pid}-${++ownPartials}`;
-}
-
-/** Bytes already on disk for this final path (0 when there is no partial). */
-export async function partialSize(finalPath: string): Promise<number> {
-  try {
-    return (await stat(partialPathOf(finalPath))).size;
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === "ENOENT") return 0;
-    throw fsError(err, partialPathOf(finalPath));
-  }
-}
-
-export async function readValidators(finalPath: string): Promise<Validators | undefined> {
-  try {
-    const parsed: unknown = JSON.parse(await readFile(finalPath + META_SUFFIX, "utf8"));
-    return typeof parsed === "object" && parsed !== null && typeof (parsed as Validators).source === "string"
-      ? (parsed as Validators)
-      : undefined;
-  } catch {
-    // A missing or torn sidecar only means we cannot prove the partial is current: the caller restarts from zero.
-    return undefined;
-  }
 }
 
 /**
@@ -77,8 +30,8 @@ export async function partialsIn(dir: string): Promise<Map<string, string>> {
     return found;
   }
   for (const name of names) {
-    if (!name.endsWith(META_SUFFIX)) continue;
-    const finalPath = join(dir, name.slice(0, -META_SUFFIX.length));
+    if (!name.endsWith(VALIDATORS_SUFFIX)) continue;
+    const finalPath = join(dir, name.slice(0, -VALIDATORS_SUFFIX.length));
     const validators = await readValidators(finalPath);
     if (validators && !found.has(validators.source)) found.set(validators.source, finalPath);
   }
@@ -103,16 +56,6 @@ export async function stampModified(finalPath: string, lastModified: string | un
   const date = lastModified ? Date.parse(lastModified) : Number.NaN;
   if (Number.isNaN(date)) return;
   await utimes(finalPath, new Date(), new Date(date)).catch(() => {});
-}
-
-export async function writeValidators(finalPath: string, validators: Validators): Promise<void> {
-  const metaPath = finalPath + META_SUFFIX;
-  try {
-    await inFolder(metaPath, () => writeFile(`${metaPath}.tmp`, JSON.stringify(validators)));
-    await rename(`${metaPath}.tmp`, metaPath);
-  } catch (err) {
-    throw fsError(err, metaPath);
-  }
 }
 
 /**
@@ -141,16 +84,12 @@ export async function commitPartial(partialPath: string, finalPath: string, hasS
   } catch (err) {
     throw fsError(err, finalPath);
   }
-  if (hasSidecar) {
-    await removeIfPresent(finalPath + META_SUFFIX);
-    await removeIfPresent(segmentsPathOf(partialPathOf(finalPath)));
-  }
+  if (hasSidecar) await removeSidecars(finalPath);
 }
 
 export async function discardPartial(finalPath: string): Promise<void> {
   await removeIfPresent(partialPathOf(finalPath));
-  await removeIfPresent(finalPath + META_SUFFIX);
-  await removeIfPresent(segmentsPathOf(partialPathOf(finalPath)));
+  await removeSidecars(finalPath);
 }
 
 /**

@@ -1,13 +1,10 @@
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, type Stats } from "node:fs";
 import { join } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
 import {
   ChecksumMismatchError,
   classifyFailure,
-  DlqError,
-  HttpError,
   ResponseTooLargeError,
   SizeMismatchError,
   TooManyRedirectsError,
@@ -23,21 +20,25 @@ import {
   lockPartial,
   openPartial,
   ownPartialPathOf,
-  partialPathOf,
-  partialSize,
-  readValidators,
   stampModified,
+} from "../files/partial.js";
+import {
+  asPrefix,
+  inspectPartial,
+  NO_PARTIAL,
+  type PartialOnDisk,
+  partialPathOf,
   type Validators,
   writeValidators,
-} from "../files/partial.js";
+} from "../files/sidecars.js";
 import type { SpaceLedger } from "../files/space.js";
 import type { Logger } from "../logger.js";
 import { formatBytes } from "../units.js";
 import { both } from "./rate.js";
 import { get, type Response } from "./request.js";
 import { header, ifRangeFor, parseContentRange, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
-import { backoff, httpError } from "./retry.js";
-import { abandonSegments, downloadSegmented, RangeNotSupportedError, readSegmentState } from "./segments.js";
+import { httpError, retryTransient } from "./retry.js";
+import { downloadSegmented, RangeNotSupportedError } from "./segments.js";
 
 const REDIRECTS = new Set([301, 302, 303, 307, 308]);
 /** Headers that authenticate; never sent to another host, never stored. */
@@ -110,38 +111,23 @@ export async function transfer(
   observer: TransferObserver,
   signal: AbortSignal,
 ): Promise<TransferResult> {
-  const attempt = new Attempt(req, settings, observer, signal);
+  const file = new FileTransfer(req, settings, observer, signal);
   try {
-    return await retrying(attempt, settings, signal);
+    return await retryTransient(() => file.run(), {
+      retries: settings.retries,
+      retryDelayMs: settings.retryDelayMs,
+      maxRetryDelayMs: settings.maxRetryDelayMs,
+      signal,
+      progress: () => file.bytes,
+      classify: (err) => classifyFailure(err, file.downloadPath ? partialPathOf(file.downloadPath) : "the destination"),
+      onRetry: (error, delayMs, failures) => file.warnRetry(error, delayMs, failures),
+      giveUp: async (error, failures) => {
+        if (file.downloadPath && discardsPartial(error)) await discardPartial(file.downloadPath);
+        return error instanceof TransferInterruptedError ? file.gaveUp(error, failures) : error;
+      },
+    });
   } finally {
-    await attempt.release();
-  }
-}
-
-async function retrying(attempt: Attempt, settings: TransferSettings, signal: AbortSignal): Promise<TransferResult> {
-  let failures = 0;
-  for (;;) {
-    const bytesBefore = attempt.bytes;
-    try {
-      return await attempt.run();
-    } catch (err) {
-      if (signal.aborted) throw signal.reason;
-      const error = classifyFailure(
-        err,
-        attempt.downloadPath ? partialPathOf(attempt.downloadPath) : "the destination",
-      );
-      if (attempt.bytes > bytesBefore) failures = 0;
-      if (!(error instanceof DlqError && error.retryable) || failures >= settings.retries) {
-        if (attempt.downloadPath && discardsPartial(error)) await discardPartial(attempt.downloadPath);
-        throw error instanceof TransferInterruptedError ? attempt.gaveUp(error, failures) : error;
-      }
-      failures++;
-      const delay = backoff(failures, settings, error instanceof HttpError ? error.retryAfterMs : undefined);
-      attempt.warnRetry(error, delay, failures);
-      await sleep(delay, undefined, { signal }).catch(() => {
-        throw signal.reason;
-      });
-    }
+    await file.release();
   }
 }
 
@@ -154,8 +140,8 @@ function discardsPartial(error: Error): boolean {
   );
 }
 
-/** One job's attempts; remembers the resolved path and the bytes on disk across retries. */
-class Attempt {
+/** One file's transfer, across all its attempts: remembers the resolved path and the bytes on disk between them. */
+class FileTransfer {
   downloadPath: string | undefined;
   bytes = 0;
   readonly #sourceOrigin: string;
@@ -228,17 +214,16 @@ class Attempt {
     for (let pass = 0; pass < 3; pass++) {
       const path = this.downloadPath;
       if (path) await this.#claim(path);
-      // A segmented partial is preallocated: its size says nothing about what it holds. One stream can only
-      // continue its contiguous prefix; segments pick up their own sidecar and need no Range here.
-      const segmentedPartial = path !== undefined && (await readSegmentState(partialPathOf(path))) !== undefined;
-      if (segmentedPartial && !this.#segmented) await abandonSegments(partialPathOf(path));
-      const offset = path && !(segmentedPartial && this.#segmented) ? await partialSize(path) : 0;
-      const segmentsGoOn = segmentedPartial && this.#segmented;
-      const previous = path && (offset > 0 || segmentsGoOn) ? await readValidators(path) : undefined;
-      const resumable = offset > 0 && previous?.source === this.req.source && (segmentedPartial || !previous.segmented);
+      let partial: PartialOnDisk = path ? await inspectPartial(path) : NO_PARTIAL;
+      // One stream can only continue a segmented partial's contiguous prefix; segments pick up their own sidecar.
+      if (path && partial.kind === "segmented" && !this.#segmented) partial = await asPrefix(path, partial);
+      const previous = partial.validators;
+      const sameSource = previous?.source === this.req.source;
+      const resumable = partial.kind === "prefix" && sameSource;
+      const offset = resumable ? partial.bytes : 0;
       // Segments know from their sidecar what is missing; this request only has to confirm the file and its size,
       // so it asks for one byte under If-Range instead of a whole body to be cut off.
-      const sizeProbe = segmentsGoOn && previous?.source === this.req.source ? resumeProbe(previous) : undefined;
+      const sizeProbe = partial.kind === "segmented" && previous && sameSource ? resumeProbe(previous) : undefined;
       // Into a folder the name comes with the response; a file there named as the URL ends is most likely the one
       // finished earlier, so it is checked like a known path (a response that names another file voids the check).
       const candidate =
@@ -294,11 +279,11 @@ class Attempt {
             this.#partialPath = this.#ownPartial;
           } else {
             await this.#claim(this.downloadPath);
-            if (response.statusCode < 300 && (await partialSize(this.downloadPath)) > 0) continue;
+            if (response.statusCode < 300 && (await inspectPartial(this.downloadPath)).kind !== "none") continue;
           }
         }
         const finalPath = this.downloadPath as string;
-        const plan = planResponse(response.statusCode, response.headers, resumable ? offset : 0, previous);
+        const plan = planResponse(response.statusCode, response.headers, offset, previous);
         if (!plan) throw httpError(response.statusCode, response.headers, url.href);
         if (plan.action === "refetch") {
           await discardPartial(finalPath);

@@ -1,5 +1,5 @@
 import type { IncomingHttpHeaders } from "node:http";
-import type { Validators } from "../files/partial.js";
+import type { Validators } from "../files/sidecars.js";
 
 /** A weak ETag cannot guard a byte range (RFC 9110 §13.1.5), so only a strong one goes into If-Range. */
 function strongEtag(etag: string | undefined): string | undefined {

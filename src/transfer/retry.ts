@@ -1,10 +1,54 @@
 import { type IncomingHttpHeaders, STATUS_CODES } from "node:http";
-import { HttpError } from "../errors.js";
+import { setTimeout as sleep } from "node:timers/promises";
+import { DlqError, HttpError } from "../errors.js";
 import { header } from "./resume.js";
 
 export interface BackoffSettings {
   retryDelayMs: number;
   maxRetryDelayMs: number;
+}
+
+export interface RetryPolicy extends BackoffSettings {
+  /** Retries in a row without progress; an attempt that made progress starts the count again. */
+  retries: number;
+  signal: AbortSignal;
+  /** Something that grows while an attempt makes progress (bytes on disk). */
+  progress(): number;
+  /** What a failure means (a DlqError says whether it is retryable); the rest fail at once. */
+  classify(err: unknown): Error;
+  /** A retry is about to wait `delayMs`: `failures` in a row without progress so far, this one included. */
+  onRetry(error: Error, delayMs: number, failures: number): void;
+  /** The error to end with once a failure is final (after `failures` retries in a row without progress). */
+  giveUp?(error: Error, failures: number): Error | Promise<Error>;
+}
+
+/**
+ * Runs `attempt` until it succeeds, retrying transient failures with backoff (honouring Retry-After). The budget
+ * counts only retries in a row without progress, so a flaky link that keeps moving forward is never given up on.
+ * An abort ends it at once with the signal's reason, during an attempt or the wait after one.
+ */
+export async function retryTransient<T>(attempt: () => Promise<T>, policy: RetryPolicy): Promise<T> {
+  const { signal } = policy;
+  let failures = 0;
+  for (;;) {
+    const before = policy.progress();
+    try {
+      return await attempt();
+    } catch (err) {
+      if (signal.aborted) throw signal.reason;
+      const error = policy.classify(err);
+      if (policy.progress() > before) failures = 0;
+      if (!(error instanceof DlqError && error.retryable) || failures >= policy.retries) {
+        throw policy.giveUp ? await policy.giveUp(error, failures) : error;
+      }
+      failures++;
+      const delayMs = backoff(failures, policy, error instanceof HttpError ? error.retryAfterMs : undefined);
+      policy.onRetry(error, delayMs, failures);
+      await sleep(delayMs, undefined, { signal }).catch(() => {
+        throw signal.reason;
+      });
+    }
+  }
 }
 
 /**

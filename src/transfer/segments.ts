@@ -1,26 +1,31 @@
 /**
- * Multi-connection downloads (issue 6): one file fetched as byte ranges over several connections at once, each
- * written in place with positional writes into a partial preallocated to its full size.
- *
- * Which ranges are on disk is kept in a sidecar, `<partial>.segments.json`, so an interrupted download (abort,
- * crash, SIGKILL, a segment out of retries) fetches only the gaps next time. Invariant: while a partial is
- * preallocated, its sidecar exists (it is written before the first ftruncate and removed only after the last
- * byte is on disk), so a partial without a sidecar is always a plain prefix that a single stream can resume.
+ * Multi-connection downloads: one file fetched as byte ranges over several connections at once, each written in
+ * place with positional writes into a partial preallocated to its full size. Which ranges are on disk is kept in
+ * the ranges sidecar (see files/sidecars.ts), so an interrupted download (abort, crash, SIGKILL, a segment out of
+ * retries) fetches only the gaps next time.
  */
 
 import { constants } from "node:fs";
-import { type FileHandle, mkdir, open, readFile, rename, rm } from "node:fs/promises";
+import { type FileHandle, open } from "node:fs/promises";
 import type { IncomingHttpHeaders } from "node:http";
-import { dirname } from "node:path";
-import { setTimeout as sleep } from "node:timers/promises";
 import type { Dispatcher } from "undici";
-import { classifyFailure, DlqError, fsError, HttpError, TransferInterruptedError } from "../errors.js";
-import { segmentsPathOf } from "../files/partial.js";
+import { classifyFailure, DlqError, fsError, TransferInterruptedError } from "../errors.js";
+import { inFolder } from "../files/disk.js";
+import {
+  abandonSegments,
+  doneBytes,
+  readSegmentState,
+  removeSegmentState,
+  type SegmentState,
+  segmentsPathOf,
+  writeSegmentState,
+} from "../files/sidecars.js";
 import { PartialFile } from "../files/writer.js";
+import { type ByteRange, gaps, halfway, merge, planSegments } from "./ranges.js";
 import { both } from "./rate.js";
 import { get } from "./request.js";
 import { header, parseContentRange } from "./resume.js";
-import { backoff, httpError } from "./retry.js";
+import { httpError, retryTransient } from "./retry.js";
 
 const DEFAULT_MIN_SEGMENT_BYTES = 1024 * 1024;
 const DEFAULT_MAX_RETRY_DELAY_MS = 30_000;
@@ -69,15 +74,6 @@ export interface SegmentedOptions {
   durable?: boolean;
 }
 
-/** What the sidecar holds. `done` is sorted, merged, half-open [start, end) ranges that are on disk. */
-export interface SegmentState {
-  version: 1;
-  totalBytes: number;
-  /** The If-Range value the ranges were fetched under: another value means another file, so they are void. */
-  validator: string | null;
-  done: Array<[number, number]>;
-}
-
 export type RangeProblem = "ignored" | "bad-range" | "changed";
 
 /**
@@ -99,57 +95,6 @@ export class RangeNotSupportedError extends DlqError {
   }
 }
 
-/** The sidecar of a partial, if there is a readable one. */
-export async function readSegmentState(partialPath: string): Promise<SegmentState | undefined> {
-  try {
-    const parsed = JSON.parse(await readFile(segmentsPathOf(partialPath), "utf8")) as Partial<SegmentState>;
-    if (parsed?.version !== 1 || !Number.isSafeInteger(parsed.totalBytes) || !Array.isArray(parsed.done)) return;
-    const total = parsed.totalBytes as number;
-    const done = parsed.done.filter(
-      (r): r is [number, number] =>
-        Array.isArray(r) && Number.isSafeInteger(r[0]) && Number.isSafeInteger(r[1]) && 0 <= r[0] && r[0] < r[1],
-    );
-    if (done.some(([, end]) => end > total)) return undefined;
-    return { version: 1, totalBytes: total, validator: parsed.validator ?? null, done: merge(done) };
-  } catch {
-    // Missing or torn: the partial's ranges cannot be trusted.
-    return undefined;
-  }
-}
-
-/** Bytes the sidecar says are on disk. */
-export function doneBytes(state: Pick<SegmentState, "done">): number {
-  return state.done.reduce((sum, [start, end]) => sum + end - start, 0);
-}
-
-/**
- * Turns a segmented partial back into a plain prefix for a single stream: truncates it to the finished bytes
- * contiguous from 0 and removes the sidecar. Returns that prefix's length. A partial without a sidecar is left
- * alone (it already is a prefix) and its size is not looked at: 0 is returned.
- */
-export async function abandonSegments(partialPath: string, keepPrefix = true): Promise<number> {
-  const state = await readSegmentState(partialPath);
-  const sidecar = segmentsPathOf(partialPath);
-  let prefix = 0;
-  if (keepPrefix && state) {
-    const first = state.done[0];
-    prefix = first && first[0] === 0 ? first[1] : 0;
-  }
-  let handle: FileHandle | undefined;
-  try {
-    handle = await open(partialPath, "r+");
-    await handle.truncate(prefix);
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code !== "ENOENT") throw fsError(err, partialPath);
-  } finally {
-    await handle?.close();
-  }
-  // The sidecar goes only once the partial no longer looks bigger than what it holds.
-  await rm(sidecar, { force: true });
-  await rm(`${sidecar}.tmp`, { force: true });
-  return prefix;
-}
-
 interface Segment {
   readonly start: number;
   /** Exclusive; only ever shrinks, when another connection takes over the second half. */
@@ -168,135 +113,224 @@ interface Segment {
  * a DestinationError for the disk); in the last two cases the sidecar keeps what was fetched for the next call.
  */
 export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
-  const { partialPath, totalBytes, signal } = opts;
+  const { totalBytes } = opts;
   if (!Number.isSafeInteger(totalBytes) || totalBytes < 0) throw new RangeError(`invalid totalBytes ${totalBytes}`);
-  signal.throwIfAborted();
-  const url = new URL(opts.url);
-  const minSegment = Math.max(1, opts.minSegmentBytes ?? DEFAULT_MIN_SEGMENT_BYTES);
-  const connections = Math.max(1, Math.floor(opts.connections));
-  const requestHeaders: Record<string, string> = { "accept-encoding": "identity", ...lowerCaseKeys(opts.headers) };
-  delete requestHeaders.range;
-  const validator = requestHeaders["if-range"] ?? null;
-  const sidecar = segmentsPathOf(partialPath);
-  const durable = opts.durable ?? false;
-  const retryDelays = {
-    retryDelayMs: opts.retryDelayMs,
-    maxRetryDelayMs: opts.maxRetryDelayMs ?? DEFAULT_MAX_RETRY_DELAY_MS,
-  };
+  opts.signal.throwIfAborted();
+  await new SegmentedDownload(opts).run();
+}
 
-  // What is already on disk.
-  const previous = await readSegmentState(partialPath);
-  let prior: Array<[number, number]> = [];
-  let handle: FileHandle;
-  try {
-    await mkdir(dirname(partialPath), { recursive: true });
-    handle = await open(partialPath, constants.O_RDWR | constants.O_CREAT, 0o644);
-  } catch (err) {
-    throw fsError(err, partialPath);
+/** One call of downloadSegmented: the partial, its segments, the connections that fetch them and the sidecar. */
+class SegmentedDownload {
+  readonly #opts: SegmentedOptions;
+  readonly #url: URL;
+  readonly #minSegment: number;
+  readonly #connections: number;
+  readonly #requestHeaders: Record<string, string>;
+  /** The If-Range value every request carries; the sidecar's ranges hold only under the same one. */
+  readonly #validator: string | null;
+  readonly #durable: boolean;
+  /** Ends every request when one segment fails for good; the caller's signal ends them too. */
+  readonly #stop = new AbortController();
+  readonly #requestSignal: AbortSignal;
+  #failure: unknown;
+
+  /** Ranges on disk before this call: the sidecar's, or the caller's prefix. */
+  #prior: ByteRange[] = [];
+  readonly #segments: Segment[] = [];
+  #pending: Segment[] = [];
+  /** Segments a connection is fetching: the ones work stealing may split. */
+  readonly #active = new Set<Segment>();
+  /** Bytes on disk, prior ranges included. */
+  #doneTotal = 0;
+
+  /** Sidecar saves run one after another: the last one started, and one waiting (shared by all who ask). */
+  #tail: Promise<void> = Promise.resolve();
+  #queued: Promise<void> | undefined;
+  #savedBytes = 0;
+
+  constructor(opts: SegmentedOptions) {
+    this.#opts = opts;
+    this.#url = new URL(opts.url);
+    this.#minSegment = Math.max(1, opts.minSegmentBytes ?? DEFAULT_MIN_SEGMENT_BYTES);
+    this.#connections = Math.max(1, Math.floor(opts.connections));
+    this.#requestHeaders = { "accept-encoding": "identity", ...lowerCaseKeys(opts.headers) };
+    delete this.#requestHeaders.range;
+    this.#validator = this.#requestHeaders["if-range"] ?? null;
+    this.#durable = opts.durable ?? false;
+    this.#requestSignal = AbortSignal.any([opts.signal, this.#stop.signal]);
   }
-  try {
-    const size = (await handle.stat()).size;
-    if (previous && previous.totalBytes === totalBytes && previous.validator === validator && size === totalBytes) {
-      prior = previous.done;
-    } else if (opts.prefixBytes && opts.prefixBytes > 0 && !previous) {
-      prior = [[0, Math.min(opts.prefixBytes, size, totalBytes)]];
-      if (prior[0]?.[1] === 0) prior = [];
+
+  async run(): Promise<void> {
+    const file = await this.#open();
+    this.#plan();
+    const timer = setInterval(() => {
+      if (this.#doneTotal !== this.#savedBytes) this.#save(file).catch((err) => this.#fail(this.#sidecarError(err)));
+    }, SAVE_INTERVAL_MS);
+    timer.unref();
+    if (this.#doneTotal > 0) this.#opts.onBytes(this.#doneTotal);
+    const workers = Math.min(this.#connections, Math.max(this.#pending.length, 1));
+    await Promise.all(Array.from({ length: workers }, () => this.#work(file).catch((err) => this.#fail(err))));
+    clearInterval(timer);
+    const failure = this.#outcome();
+    if (failure === undefined) await this.#complete(file);
+    else await this.#keepForNextCall(file, failure);
+  }
+
+  /**
+   * Opens the partial and decides what of it counts: the sidecar's ranges when they belong to this file, else
+   * the caller's prefix. The sidecar is on disk before the file grows: a preallocated partial never exists
+   * without one. A durable download records only ranges that are on the disk, not just in the page cache, so a
+   * power cut cannot leave a sidecar that vouches for bytes that never landed.
+   */
+  async #open(): Promise<PartialFile> {
+    const { partialPath, totalBytes, prefixBytes } = this.#opts;
+    const previous = await readSegmentState(partialPath);
+    let handle: FileHandle;
+    try {
+      handle = await inFolder(partialPath, () => open(partialPath, constants.O_RDWR | constants.O_CREAT, 0o644));
+    } catch (err) {
+      throw fsError(err, partialPath);
     }
-    // The sidecar is on disk before the file grows: a preallocated partial never exists without one. A durable
-    // download records only ranges that are on the disk, not just in the page cache, so a power cut cannot leave a
-    // sidecar that vouches for bytes that never landed.
-    if (durable && prior.length > 0) await handle.datasync();
-    await writeAtomic(sidecar, { version: 1, totalBytes, validator, done: prior }, durable);
-    if (size !== totalBytes) await handle.truncate(totalBytes);
-  } catch (err) {
-    await handle.close().catch(() => {});
-    throw fsError(err, partialPath);
+    try {
+      const size = (await handle.stat()).size;
+      if (
+        previous &&
+        previous.totalBytes === totalBytes &&
+        previous.validator === this.#validator &&
+        size === totalBytes
+      ) {
+        this.#prior = previous.done;
+      } else if (prefixBytes && prefixBytes > 0 && !previous) {
+        this.#prior = [[0, Math.min(prefixBytes, size, totalBytes)]];
+        if (this.#prior[0]?.[1] === 0) this.#prior = [];
+      }
+      if (this.#durable && this.#prior.length > 0) await handle.datasync();
+      await writeSegmentState(partialPath, this.#state(), this.#durable);
+      if (size !== totalBytes) await handle.truncate(totalBytes);
+    } catch (err) {
+      await handle.close().catch(() => {});
+      throw fsError(err, partialPath);
+    }
+    return new PartialFile(handle, partialPath, this.#durable);
   }
-  const file = new PartialFile(handle, partialPath, durable);
 
-  const priorBytes = doneBytes({ done: prior });
-  let doneTotal = priorBytes;
-  const segments: Segment[] = [];
-  const pending: Segment[] = planSegments(gaps(prior, totalBytes), connections, minSegment).map(
-    ([start, end]): Segment => ({ start, end, pos: start, written: start }),
-  );
-  segments.push(...pending);
-  const active = new Set<Segment>();
+  /** Cuts what is missing into about one segment per connection. */
+  #plan(): void {
+    this.#doneTotal = doneBytes({ done: this.#prior });
+    this.#savedBytes = this.#doneTotal;
+    this.#pending = planSegments(gaps(this.#prior, this.#opts.totalBytes), this.#connections, this.#minSegment).map(
+      ([start, end]): Segment => ({ start, end, pos: start, written: start }),
+    );
+    this.#segments.push(...this.#pending);
+  }
 
-  const stop = new AbortController();
-  const requestSignal = AbortSignal.any([signal, stop.signal]);
-  let failure: unknown;
-  const fail = (err: unknown) => {
-    failure ??= err;
-    stop.abort(err);
-  };
+  /** What the sidecar says: the prior ranges and every segment's bytes on disk. */
+  #state(): SegmentState {
+    return {
+      version: 1,
+      totalBytes: this.#opts.totalBytes,
+      validator: this.#validator,
+      done: merge([
+        ...this.#prior,
+        ...this.#segments.filter((s) => s.written > s.start).map((s): ByteRange => [s.start, s.written]),
+      ]),
+    };
+  }
 
-  const state = (): SegmentState => ({
-    version: 1,
-    totalBytes,
-    validator,
-    done: merge([
-      ...prior,
-      ...segments.filter((s) => s.written > s.start).map((s): [number, number] => [s.start, s.written]),
-    ]),
-  });
-  // Sidecar saves run one after another; a request made while one is waiting shares it, and each save snapshots
-  // the state when it starts, so the newest state always lands last.
-  let tail: Promise<void> = Promise.resolve();
-  let queued: Promise<void> | undefined;
-  let savedBytes = priorBytes;
-  const save = (): Promise<void> => {
-    if (queued) return queued;
-    const next = tail.then(async () => {
-      queued = undefined;
-      savedBytes = doneTotal;
-      const snapshot = state();
+  /**
+   * Writes the sidecar. A request made while a save is waiting shares it, and each save snapshots the state when
+   * it starts, so the newest state always lands last.
+   */
+  #save(file: PartialFile): Promise<void> {
+    if (this.#queued) return this.#queued;
+    const next = this.#tail.then(async () => {
+      this.#queued = undefined;
+      this.#savedBytes = this.#doneTotal;
+      const snapshot = this.#state();
       // One flush serves both: it also resets the file's own every-64-MiB background flush.
-      if (durable) await file.sync();
-      await writeAtomic(sidecar, snapshot, durable);
+      if (this.#durable) await file.sync();
+      await writeSegmentState(this.#opts.partialPath, snapshot, this.#durable);
     });
-    queued = next;
-    tail = next.catch(() => {});
+    this.#queued = next;
+    this.#tail = next.catch(() => {});
     return next;
-  };
-  const timer = setInterval(() => {
-    if (doneTotal !== savedBytes) save().catch((err) => fail(fsError(err, sidecar)));
-  }, SAVE_INTERVAL_MS);
-  timer.unref();
+  }
+
+  #sidecarError(err: unknown): Error {
+    return fsError(err, segmentsPathOf(this.#opts.partialPath));
+  }
+
+  #fail(err: unknown): void {
+    this.#failure ??= err;
+    this.#stop.abort(err);
+  }
+
+  /** One connection: takes segments (or half of another's) until none is left, saving the sidecar after each. */
+  async #work(file: PartialFile): Promise<void> {
+    while (!this.#requestSignal.aborted) {
+      const seg = this.#pending.shift() ?? this.#steal();
+      if (!seg) return;
+      this.#active.add(seg);
+      try {
+        await this.#fetchSegment(file, seg);
+      } finally {
+        this.#active.delete(seg);
+      }
+      await this.#save(file);
+    }
+  }
 
   /** Another connection's segment, split in half: its owner stops at the new boundary. */
-  const steal = (): Segment | undefined => {
+  #steal(): Segment | undefined {
     let victim: Segment | undefined;
-    for (const s of active) if (!victim || s.end - s.pos > victim.end - victim.pos) victim = s;
-    if (!victim || victim.end - victim.pos < 2 * minSegment) return undefined;
-    const mid = victim.pos + Math.ceil((victim.end - victim.pos) / 2);
+    for (const s of this.#active) if (!victim || s.end - s.pos > victim.end - victim.pos) victim = s;
+    if (!victim || victim.end - victim.pos < 2 * this.#minSegment) return undefined;
+    const mid = halfway(victim.pos, victim.end);
     const taken: Segment = { start: mid, end: victim.end, pos: mid, written: mid };
     victim.end = mid;
-    segments.push(taken);
+    this.#segments.push(taken);
     return taken;
-  };
+  }
 
-  const fetchOnce = async (seg: Segment): Promise<void> => {
+  /** A segment's requests until it is on disk; each retry asks only for what is still missing. */
+  #fetchSegment(file: PartialFile, seg: Segment): Promise<void> {
+    const { retries, retryDelayMs, maxRetryDelayMs, partialPath } = this.#opts;
+    return retryTransient(() => this.#request(file, seg), {
+      retries,
+      retryDelayMs,
+      maxRetryDelayMs: maxRetryDelayMs ?? DEFAULT_MAX_RETRY_DELAY_MS,
+      signal: this.#requestSignal,
+      progress: () => seg.written,
+      classify: (err) => classifyFailure(err, partialPath),
+      onRetry: (error, delayMs, failures) =>
+        this.#opts.onRetry?.({ error, range: [seg.pos, seg.end], failures, delayMs }),
+    });
+  }
+
+  /** One range request for the rest of a segment, written in place as it arrives. */
+  async #request(file: PartialFile, seg: Segment): Promise<void> {
+    const { totalBytes, pace } = this.#opts;
+    const url = this.#url;
     const from = seg.pos;
     const to = seg.end;
     const response = await get(url, {
-      dispatcher: opts.dispatcher,
-      headers: { ...requestHeaders, range: `bytes=${from}-${to - 1}` },
-      signal: requestSignal,
-      headersTimeoutMs: opts.headersTimeoutMs,
-      readTimeoutMs: opts.readTimeoutMs,
+      dispatcher: this.#opts.dispatcher,
+      headers: { ...this.#requestHeaders, range: `bytes=${from}-${to - 1}` },
+      signal: this.#requestSignal,
+      headersTimeoutMs: this.#opts.headersTimeoutMs,
+      readTimeoutMs: this.#opts.readTimeoutMs,
     });
     const writer = file.writer(
       from,
       (end, bytes) => {
         seg.written = end;
-        doneTotal += bytes;
-        opts.onBytes(doneTotal);
+        this.#doneTotal += bytes;
+        this.#opts.onBytes(this.#doneTotal);
       },
-      connections,
+      this.#connections,
     );
     try {
-      checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, validator);
+      checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, this.#validator);
       await response.consume((chunk) => {
         // The segment may have shrunk since the request went out (work stealing): stop at its end.
         const n = Math.min(chunk.length, seg.end - seg.pos);
@@ -305,7 +339,7 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
           return undefined;
         }
         seg.pos += n;
-        const wait = both(writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk), opts.pace?.(n));
+        const wait = both(writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk), pace?.(n));
         // A stolen tail is not read: the connection closes. Otherwise the body's end keeps the connection reusable.
         if (seg.pos >= seg.end && seg.end < to) response.cancel();
         return wait;
@@ -320,78 +354,40 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
     if (seg.pos < seg.end) {
       throw new TransferInterruptedError(`${url.href} ended bytes ${from}-${to - 1} after ${seg.pos - from} bytes`);
     }
-  };
-
-  const runSegment = async (seg: Segment): Promise<void> => {
-    let failures = 0;
-    while (seg.pos < seg.end) {
-      const before = seg.written;
-      try {
-        await fetchOnce(seg);
-      } catch (err) {
-        if (requestSignal.aborted) throw requestSignal.reason;
-        const error = classifyFailure(err, partialPath);
-        if (seg.written > before) failures = 0;
-        if (!(error instanceof DlqError && error.retryable) || failures >= opts.retries) throw error;
-        failures++;
-        const retryAfter = error instanceof HttpError ? error.retryAfterMs : undefined;
-        const delayMs = backoff(failures, retryDelays, retryAfter);
-        opts.onRetry?.({ error, range: [seg.pos, seg.end], failures, delayMs });
-        await sleep(delayMs, undefined, { signal: requestSignal }).catch(() => {
-          throw requestSignal.reason;
-        });
-      }
-    }
-  };
-
-  const worker = async (): Promise<void> => {
-    while (!requestSignal.aborted) {
-      const seg = pending.shift() ?? steal();
-      if (!seg) return;
-      active.add(seg);
-      try {
-        await runSegment(seg);
-      } finally {
-        active.delete(seg);
-      }
-      await save();
-    }
-  };
-
-  if (priorBytes > 0) opts.onBytes(priorBytes);
-  const workers = Array.from({ length: Math.min(connections, Math.max(pending.length, 1)) }, () =>
-    worker().catch(fail),
-  );
-  await Promise.all(workers);
-  clearInterval(timer);
-
-  if (failure === undefined && signal.aborted) failure = signal.reason;
-  if (failure === undefined) {
-    const missing = gaps(state().done, totalBytes);
-    if (missing.length > 0)
-      failure = new TransferInterruptedError(`${url.href}: ranges ${JSON.stringify(missing)} are missing`);
   }
-  if (failure === undefined) {
+
+  /** Why the connections stopped, if not because every byte is on disk. */
+  #outcome(): unknown {
+    if (this.#failure === undefined && this.#opts.signal.aborted) return this.#opts.signal.reason;
+    if (this.#failure !== undefined) return this.#failure;
+    const missing = gaps(this.#state().done, this.#opts.totalBytes);
+    return missing.length > 0
+      ? new TransferInterruptedError(`${this.#url.href}: ranges ${JSON.stringify(missing)} are missing`)
+      : undefined;
+  }
+
+  /** Every byte is on disk: the partial is a whole file, and no sidecar is needed any more. */
+  async #complete(file: PartialFile): Promise<void> {
     try {
-      await tail;
+      await this.#tail;
     } catch (err) {
       await file.close(false);
-      throw fsError(err, sidecar);
+      throw this.#sidecarError(err);
     }
     await file.close(true);
-    await rm(sidecar, { force: true });
-    return;
+    await removeSegmentState(this.#opts.partialPath);
   }
 
-  // Failed or aborted: keep what is on disk for the next call, unless ranges cannot work here at all.
-  const saved = save().catch(() => {});
-  await saved;
-  await file.close(false).catch(() => {});
-  if (signal.aborted) throw signal.reason;
-  if (failure instanceof RangeNotSupportedError) {
-    await abandonSegments(partialPath, failure.problem !== "changed");
+  /** Failed or aborted: keep what is on disk for the next call, unless ranges cannot work here at all. */
+  async #keepForNextCall(file: PartialFile, failure: unknown): Promise<never> {
+    await this.#save(file).catch(() => {});
+    await file.close(false).catch(() => {});
+    if (this.#opts.signal.aborted) throw this.#opts.signal.reason;
+    if (failure instanceof RangeNotSupportedError) {
+      await abandonSegments(this.#opts.partialPath, failure.problem !== "changed");
+    }
+    throw failure;
   }
-  throw failure;
 }
 
 /** Checks that a response is the 206 for exactly bytes [from, to) of the file we have been fetching. */
@@ -452,64 +448,6 @@ function checkResponse(
   throw httpError(status, headers, href);
 }
 
-async function writeAtomic(path: string, state: SegmentState, durable: boolean): Promise<void> {
-  const tmp = `${path}.tmp`;
-  const file = await open(tmp, "w");
-  try {
-    await file.writeFile(JSON.stringify(state));
-    if (durable) await file.datasync();
-  } finally {
-    await file.close();
-  }
-  await rename(tmp, path);
-}
-
 function lowerCaseKeys(headers: Record<string, string>): Record<string, string> {
   return Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
-}
-
-/** Sorted, merged copy of half-open ranges (touching ranges are merged too). */
-export function merge(ranges: ReadonlyArray<readonly [number, number]>): Array<[number, number]> {
-  const sorted = ranges.filter(([s, e]) => e > s).sort((a, b) => a[0] - b[0]);
-  const out: Array<[number, number]> = [];
-  for (const [start, end] of sorted) {
-    const last = out.at(-1);
-    if (last && start <= last[1]) last[1] = Math.max(last[1], end);
-    else out.push([start, end]);
-  }
-  return out;
-}
-
-/** The parts of [0, total) that `done` (merged) does not cover. */
-export function gaps(done: ReadonlyArray<readonly [number, number]>, total: number): Array<[number, number]> {
-  const out: Array<[number, number]> = [];
-  let pos = 0;
-  for (const [start, end] of merge(done)) {
-    if (start > pos) out.push([pos, Math.min(start, total)]);
-    pos = Math.max(pos, end);
-  }
-  if (pos < total) out.push([pos, total]);
-  return out;
-}
-
-/** Missing ranges cut into about `connections` segments, halving the largest while both halves stay ≥ min. */
-export function planSegments(
-  missing: ReadonlyArray<readonly [number, number]>,
-  connections: number,
-  minSegment: number,
-): Array<[number, number]> {
-  const out = missing.map(([s, e]): [number, number] => [s, e]);
-  while (out.length < connections) {
-    let largest = -1;
-    for (let i = 0; i < out.length; i++) {
-      const r = out[i] as [number, number];
-      if (largest < 0 || r[1] - r[0] > (out[largest] as [number, number])[1] - (out[largest] as [number, number])[0])
-        largest = i;
-    }
-    const r = out[largest];
-    if (!r || r[1] - r[0] < 2 * minSegment) break;
-    const mid = r[0] + Math.ceil((r[1] - r[0]) / 2);
-    out.splice(largest, 1, [r[0], mid], [mid, r[1]]);
-  }
-  return out;
 }
