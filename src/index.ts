@@ -13,4 +13,11 @@ export {
   type RemoteFile,
   type TokenRule,
 } from "./queue.js";
-export type { QueueEventName, QueueEventPayloads, WireJob, WireMultiFileJob } from "./wire.js";
+export type {
+  QueueEventName,
+  QueueEventPayloads,
+  RestJob,
+  RestMultiFileJob,
+  WireJob,
+  WireMultiFileJob,
+} from "./wire.js";

@@ -3,45 +3,34 @@
  * progress events. No framework: each job owns one list item that is updated in place, so a focused button keeps
  * its focus while progress streams in.
  */
+// Types only, erased from the page: the job JSON and events as the library declares them (its build's .d.ts).
+import type { QueueEventName, QueueEventPayloads, RestJob } from "dlqueue";
 
 const API = "/api/v1/download_queue";
 const TOKEN_KEY = "dlqueue-token";
-const EVENT_NAMES = [
-  "download_started",
-  "download_progress",
-  "download_complete",
-  "download_error",
-  "download_cancelled",
-  "download_paused",
-] as const;
-type EventName = (typeof EVENT_NAMES)[number];
-type Status = "waiting" | "running" | "paused" | "completed" | "cancelled" | "error";
+/** Every event the queue emits: a name missing here, or one it no longer has, fails the page's build. */
+const EVENT_NAMES = Object.keys({
+  download_started: true,
+  download_progress: true,
+  download_complete: true,
+  download_error: true,
+  download_cancelled: true,
+  download_paused: true,
+} satisfies Record<QueueEventName, true>) as QueueEventName[];
 
-/** The job JSON: unset fields are absent (the seed's exclude_none) or null (as FastAPI sends them); both are read. */
-interface WireJob {
-  id: number;
-  source: string;
-  dest: string;
-  priority: number;
-  status: Status;
-  download_path?: string | null;
-  bytes: number;
-  total_bytes: number;
-  error_type?: string | null;
-}
+/** The fields of a job the page shows; unset ones are null as the API sends them (absent ones read the same). */
+type WireJob = Pick<
+  RestJob,
+  "id" | "source" | "dest" | "priority" | "status" | "download_path" | "bytes" | "total_bytes" | "error_type"
+>;
 
-interface EventData {
-  id: number;
-  source: string;
-  download_path?: string | null;
-  current_bytes?: number | null;
-  total_bytes?: number | null;
-  error_type?: string | null;
-}
+/** Any event's payload: each field beyond id and source is read only where its event carries it. */
+type EventData = QueueEventPayloads["download_cancelled"] &
+  Partial<QueueEventPayloads["download_progress"] & QueueEventPayloads["download_error"]>;
 
 interface QueuedEvent {
   number: number;
-  name: EventName;
+  name: QueueEventName;
   data: EventData;
 }
 
