@@ -1,21 +1,21 @@
 export * from "./errors.js";
 export { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
 export { defaultLogger, type Logger } from "./logger.js";
+export type {
+  DownloadCallbacks,
+  DownloadQueueOptions,
+  DownloadRequest,
+  EventBus,
+  MultiFileDownloadRequest,
+  RemoteFile,
+  TokenRule,
+} from "./options.js";
 export { ConsoleProgress } from "./progress/console.js";
-export {
-  type DownloadCallbacks,
-  DownloadQueue,
-  type DownloadQueueOptions,
-  type DownloadRequest,
-  type EventBus,
-  type MultiFileDownloadRequest,
-  type QueueEvents,
-  type RemoteFile,
-  type TokenRule,
-} from "./queue.js";
+export { DownloadQueue } from "./queue.js";
 export type {
   QueueEventName,
   QueueEventPayloads,
+  QueueEvents,
   RestJob,
   RestMultiFileJob,
   WireJob,
