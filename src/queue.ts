@@ -466,7 +466,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         {
           source: job.source,
           dest: job.dest,
-          destIsDirectory: destIsFolder,
+          destIsFolder,
           downloadPath: job.downloadPath ?? (destIsFolder ? await this.#partialFor(job) : undefined),
           accessToken: runtime.accessToken,
           headers: runtime.headers,

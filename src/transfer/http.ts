@@ -74,7 +74,7 @@ export interface TransferRequest {
   source: string;
   dest: string;
   /** dest is a folder: the file name comes from the response. */
-  destIsDirectory: boolean;
+  destIsFolder: boolean;
   /** The final path from an earlier run, so its partial can be resumed before the name is known again. */
   downloadPath?: string;
   /** Sent only to the origin of `source`, never to a host a redirect leads to. */
@@ -168,7 +168,7 @@ class FileTransfer {
     readonly observer: TransferObserver,
     readonly signal: AbortSignal,
   ) {
-    this.downloadPath = req.downloadPath ?? (req.destIsDirectory ? undefined : req.dest);
+    this.downloadPath = req.downloadPath ?? (req.destIsFolder ? undefined : req.dest);
     this.#sourceOrigin = new URL(req.source).origin;
     this.#sha256 = req.sha256;
     this.#segmented = settings.connectionsPerFile > 1;
