@@ -31,17 +31,6 @@ import {
 } from "./validate.js";
 import { eventPayload, type QueueEventName, type QueueEvents } from "./wire.js";
 
-export type {
-  DownloadCallbacks,
-  DownloadQueueOptions,
-  DownloadRequest,
-  EventBus,
-  MultiFileDownloadRequest,
-  RemoteFile,
-  TokenRule,
-} from "./options.js";
-export type { QueueEvents } from "./wire.js";
-
 /**
  * A parallel download queue with priorities, callbacks, events, cancellation, multi-file jobs and resume: the
  * TypeScript form of InvokeAI's DownloadQueueService. Every change of a job's state happens in this class.
