@@ -5,7 +5,7 @@ import { dirname, isAbsolute, join, resolve, sep } from "node:path";
 import { debuglog } from "node:util";
 import type { Command } from "commander";
 import { DlqError } from "../errors.js";
-import type { DownloadJob } from "../job.js";
+import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
 import type { Logger } from "../logger.js";
 import type { TokenRule } from "../options.js";
 import { type BoardLine, printAbove, showLine, sweepLines } from "../progress/board.js";
@@ -13,6 +13,8 @@ import { ConsoleProgress } from "../progress/console.js";
 import { displayWidth, fitWidth, formatDuration, formatLine, formatSpeed } from "../progress/format.js";
 import { SpeedMeter } from "../progress/speed.js";
 import { DownloadQueue } from "../queue.js";
+import { civitaiEndpoint, civitaiToken, isCivitaiSource, parseCivitaiSource } from "../sources/civitai.js";
+import { hfToken, isHfSource, parseHfSource } from "../sources/hf.js";
 import { formatBytes } from "../units.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 import { INPUT_FILE_HELP, InputFileError, parseInputFile, readInputFile } from "./input-file.js";
@@ -50,6 +52,11 @@ export interface GetOptions {
   defaultState?: boolean;
   /** `dlqueue resume`: no new URLs, only what the state file holds. */
   resumeOnly?: boolean;
+  /** hf:// sources: huggingface_hub's allow_patterns / ignore_patterns. */
+  include?: string[];
+  exclude?: string[];
+  /** Civitai sources: every file of the version, not only the primary one. */
+  allFiles?: boolean;
 }
 
 /** `$XDG_STATE_HOME/dlqueue/queue.db`, the XDG default being `~/.local/state`. */
@@ -82,6 +89,23 @@ function hostPattern(host: string): RegExp {
 const DEFAULT_STATE_HELP = "$XDG_STATE_HOME/dlqueue/queue.db";
 
 const HELP = `
+Models:
+  hf://ORG/REPO[@REVISION][/PATH]   a Hugging Face repo (or one file or folder
+                                    of it); hf://datasets/… and hf://spaces/…
+  civitai://models/ID[@VERSION]     a Civitai model version, or its page URL
+                                    https://civitai.com/models/ID?modelVersionId=V
+  Without -d, an hf:// model goes into the Hugging Face cache ($HF_HUB_CACHE,
+  else $HF_HOME/hub, else ~/.cache/huggingface/hub), where diffusers,
+  transformers and InvokeAI find it; with -d DIR, the repo's tree goes under
+  DIR. A Civitai model goes into -d, else the current folder. --include and
+  --exclude pick repo files by glob (repeatable); --all-files takes every file
+  of a Civitai version, not only its primary one. Every file is checked
+  against the hub's sha256. When a model is complete, its folder (the
+  snapshot folder in the cache) is printed on stdout, one line per model and
+  last, so \`dir=$(dlqueue get -q hf://ORG/REPO)\` gives it. HF_TOKEN (or the
+  token file \`hf auth login\` writes) goes only to the hub, CIVITAI_TOKEN only
+  to Civitai.
+
 ${INPUT_FILE_HELP}
 
 Where files go:
@@ -178,7 +202,7 @@ export function addGetCommand(program: Command): Command {
   const command = program
     .command("get")
     .description("Download URLs in parallel, resuming whatever an earlier run left unfinished.")
-    .argument("[url...]", "http:// or https:// URLs to download")
+    .argument("[url...]", "http:// or https:// URLs, hf:// and civitai:// models (below) to download")
     .option("-d, --dest <dir>", "the folder to write into, created if missing (default: the current folder)")
     .option("-o, --output <file>", "for one URL: the file to write, relative to -d when given")
     .option("-p, --priority <n>", "priority of the downloads; lower runs first (default: 10)", integerArgument())
@@ -186,7 +210,14 @@ export function addGetCommand(program: Command): Command {
     .option("--token <token>", "access token for the URLs given as arguments (sent as a Bearer token)")
     .option("--header <header>", 'extra request header "Name: value"; repeatable', collect)
     .option("--sha256 <hex>", "expected sha256 of the one URL given as argument")
-    .option("--overwrite", "fetch a file again even when it is already complete at its path");
+    .option("--overwrite", "fetch a file again even when it is already complete at its path")
+    .option(
+      "--include <glob>",
+      "hf:// sources: only the repo files matching GLOB (as *.safetensors); repeatable",
+      collect,
+    )
+    .option("--exclude <glob>", "hf:// sources: leave out the repo files matching GLOB; repeatable", collect)
+    .option("--all-files", "Civitai sources: every file of the model version, not only its primary file");
   return addQueueOptions(command)
     .option(
       "--state <file>",
@@ -232,14 +263,21 @@ export function outputClosed(): boolean {
 /** One download to queue, and where it came from for messages. */
 interface Planned {
   source: string;
-  dest: string;
+  /** Absent only for an hf:// model going to the Hugging Face cache. */
+  dest?: string;
   sha256?: string;
   priority?: number;
   accessToken?: string;
   maxBytesPerSecond?: number;
   /** `list.txt:3` for input-file entries; arguments are named by their URL. */
   origin?: string;
+  /** A model source, queued through modelDownload(); its dest is a folder, or absent for the HF cache. */
+  model?: ModelKind;
+  include?: string[];
+  exclude?: string[];
 }
+
+type ModelKind = "hf" | "civitai";
 
 /** Library errors that mean the command line or the list is wrong, not the network. */
 const USAGE_ERRORS = new Set(["DLQ_ERR_INVALID_URL", "DLQ_ERR_UNSUPPORTED_SCHEME", "DLQ_ERR_INVALID_ARGUMENT"]);
@@ -256,9 +294,12 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   checkDestinations(plan, usage);
 
   const tokens = tokenRulesFromEnv(process.env);
-  const secrets = [options.token, ...tokens.map((rule) => rule.token), ...proxySecrets(options.proxy, usage)].filter(
-    (s): s is string => Boolean(s),
-  );
+  const secrets = [
+    options.token,
+    ...tokens.map((rule) => rule.token),
+    ...proxySecrets(options.proxy, usage),
+    ...modelTokens(plan),
+  ].filter((s): s is string => Boolean(s));
   // Defence in depth: the library already keeps tokens out of what it reports; this also covers everything printed.
   const hide = (text: string) => secrets.reduce((out, secret) => out.replaceAll(secret, "***"), text);
   const quiet = options.quiet === true;
@@ -322,12 +363,17 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   }
 
   const startedAt = performance.now();
+  const models: ModelRun[] = plan.filter((item) => item.model).map((item) => ({ item }));
   /** Bytes each job had on disk from an earlier run when it started: not part of this run's speed. */
   const resumedFrom = new Map<number, number>();
   const jobs: DownloadJob[] = [];
-  const total = bars ? new TotalLine(jobs, resumedFrom, startedAt) : undefined;
+  // One model alone: its total line is the model's, named by its source.
+  const title = plan.length === 1 && plan[0]?.model ? plan[0].source : "Total";
+  const total = bars ? new TotalLine(jobs, resumedFrom, startedAt, title) : undefined;
+  /** A model's parts are named by their path in the repo (their file may be a blob named by its hash). */
+  const names = new Map<number, string>();
   const progress = bars ? new ConsoleProgress() : undefined;
-  const plain = plainLines ? new PlainProgress((line) => out(`${line}\n`)) : undefined;
+  const plain = plainLines ? new PlainProgress((line) => out(`${line}\n`), names) : undefined;
   const started = (job: DownloadJob) => {
     resumedFrom.set(job.id, job.bytes);
     // The bar starts with the job, so its speed counts the bytes of this run only, from the first one.
@@ -343,31 +389,40 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     plain?.end(job);
     if (job.status === "error") say(failureReport(job));
   };
-  // Jobs restored from the state file have no callbacks of this process: follow them through events.
-  const restored = new Set(
+  // Jobs restored from the state file, and the parts of models, have no callbacks of this process: followed through
+  // events.
+  const followed = new Set(
     queue
       .listJobs()
       .filter((job) => !job.inTerminalState)
       .map((job) => job.id),
   );
-  if (options.resumeOnly && restored.size === 0) {
+  if (options.resumeOnly && followed.size === 0) {
     say(`Nothing to resume in ${statePath}.`);
     await queue.stop();
     return 0;
   }
-  for (const id of restored) jobs.push(queue.idToJob(id) as DownloadJob);
-  const restoredJob = (id: number) => (restored.has(id) ? (queue.idToJob(id) as DownloadJob) : undefined);
+  for (const id of followed) jobs.push(queue.idToJob(id) as DownloadJob);
+  const followedJob = (id: number) => (followed.has(id) ? (queue.idToJob(id) as DownloadJob) : undefined);
+  /** A model's part, queued by the library: whatever it did before we follow it is caught up here. */
+  const follow = (part: DownloadJob, name: string | undefined) => {
+    followed.add(part.id);
+    jobs.push(part);
+    if (name) names.set(part.id, name);
+    if (part.status === "running") started(part);
+    else if (part.inTerminalState) ended(part);
+  };
   queue.on("download_started", (p) => {
-    const job = restoredJob(p.id);
+    const job = followedJob(p.id);
     if (job) started(job);
   });
   queue.on("download_progress", (p) => {
-    const job = restoredJob(p.id);
+    const job = followedJob(p.id);
     if (job) moved(job);
   });
   for (const name of ["download_complete", "download_error", "download_cancelled"] as const) {
     queue.on(name, (p: { id: number }) => {
-      const job = restoredJob(p.id);
+      const job = followedJob(p.id);
       if (job) ended(job);
     });
   }
@@ -394,11 +449,12 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     // download() only queues: transfers begin on a later microtask, so an entry rejected in this synchronous loop
     // stops the queue before any byte moves.
     for (const item of plan) {
+      if (item.model) continue;
       try {
         jobs.push(
           queue.download({
             source: item.source,
-            dest: item.dest,
+            dest: item.dest ?? ".",
             priority: item.priority ?? options.priority,
             accessToken: item.accessToken,
             headers,
@@ -424,6 +480,30 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
       usage(`${(err as Error).message}; choose a destination you can write to.`);
     }
     if (total) showLine(total);
+    // Models resolve concurrently, each queuing its parts as soon as its file list is known; until the last one
+    // has, the queue may run dry without the run being over.
+    await Promise.all(
+      models.map(async (model) => {
+        try {
+          const job = await queue.modelDownload({
+            source: model.item.source,
+            dest: model.item.dest,
+            include: model.item.include,
+            exclude: model.item.exclude,
+            allFiles: options.allFiles,
+            priority: model.item.priority ?? options.priority,
+            maxBytesPerSecond: model.item.maxBytesPerSecond,
+          });
+          model.job = job;
+          for (const part of job.downloadParts) follow(part, model.item.model === "hf" ? repoPath(part) : undefined);
+        } catch (err) {
+          // Ctrl-C while resolving: the model is not started, which the interrupted summary says.
+          if (signal) return;
+          model.error = err as Error;
+          say(modelFailureReport(model.item, model.error));
+        }
+      }),
+    );
     await queue.join();
   } finally {
     for (const name of signals) process.off(name, onSignal);
@@ -432,6 +512,8 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
 
   const unfinished = jobs.filter((job) => !job.inTerminalState);
   if (json) for (const job of unfinished) emit({ event: "job", job });
+  // The model's own job line carries its commit and snapshot_path, for scripts.
+  if (json) for (const { job } of models) if (job) emit({ event: "job", job });
   if (total) {
     sweepLines();
     total.finish(total.finalText(signal !== undefined));
@@ -439,12 +521,18 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   }
   if (signal === "SIGPIPE") return signalExitCode(signal);
   if (bars || plainLines) {
-    const table = summaryTable(jobs, resumedFrom, new Date(), stdoutTty ? process.stdout.columns : undefined);
+    const table = summaryTable(jobs, resumedFrom, names, new Date(), stdoutTty ? process.stdout.columns : undefined);
     if (json) process.stderr.write(hide(table));
     else out(table);
   }
-  const failed = jobs.filter((job) => job.status === "error").length;
-  if (failed > 0 && !quiet) say(`${failed} of ${jobs.length} downloads failed.`);
+  const failed =
+    jobs.filter((job) => job.status === "error").length + models.filter((model) => model.error !== undefined).length;
+  const count = jobs.length + models.filter((model) => model.job === undefined).length;
+  if (failed > 0 && !quiet) say(`${failed} of ${count} downloads failed.`);
+  // Last on stdout, one line per model that completed, so `$(dlqueue get hf://… -q)` is the snapshot's path.
+  if (!json && signal === undefined) {
+    for (const { job } of models) if (job?.status === "completed") out(`${modelPath(job)}\n`);
+  }
   if (signal) {
     const partials = unfinished.filter((job) => job.bytes > 0).length;
     say(
@@ -455,6 +543,56 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
     return signalExitCode(signal);
   }
   return failed > 0 ? 1 : 0;
+}
+
+interface ModelRun {
+  item: Planned;
+  /** Once resolved and queued. */
+  job?: MultiFileDownloadJob;
+  /** Resolving failed (unknown repo, gated, nothing matched): nothing was queued or written. */
+  error?: Error;
+}
+
+/** Where a finished model is: its snapshot folder in the HF cache, else the folder its files went into. */
+function modelPath(job: MultiFileDownloadJob): string {
+  return resolve(job.snapshotPath ?? job.downloadPath);
+}
+
+/** The part's path in its repo, from its resolve URL (`…/resolve/<commit>/<path>`). */
+function repoPath(part: DownloadJob): string | undefined {
+  const path = new URL(part.source).pathname;
+  const at = path.indexOf("/resolve/");
+  if (at < 0) return undefined;
+  const segments = path
+    .slice(at + "/resolve/".length)
+    .split("/")
+    .slice(1);
+  if (segments.length === 0) return undefined;
+  try {
+    return segments.map(decodeURIComponent).join("/");
+  } catch {
+    return segments.join("/");
+  }
+}
+
+/** `error: RepositoryNotFoundError hf://org/repo` and the library's message, which says what to do. */
+function modelFailureReport(item: Planned, error: Error): string {
+  const type = error instanceof DlqError ? error.errorType : error.name;
+  return `error: ${type} ${item.source}\n  ${error.message}`;
+}
+
+/** Tokens the library finds for model sources by itself: kept out of everything printed too. */
+function modelTokens(plan: readonly Planned[]): string[] {
+  const tokens: (string | undefined)[] = [];
+  if (plan.some((item) => item.model === "hf")) {
+    try {
+      tokens.push(hfToken());
+    } catch {
+      // An unreadable token file: the library refuses the model with a message saying so, and there is no token.
+    }
+  }
+  if (plan.some((item) => item.model === "civitai")) tokens.push(civitaiToken());
+  return tokens.filter((token): token is string => Boolean(token));
 }
 
 /** The state file of this run, if any: `--state FILE` never takes a URL, and `resume` never creates one. */
@@ -526,12 +664,16 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
   if (options.output !== undefined && namesFolder(argumentDest)) {
     usage(`-o takes a file name, and ${argumentDest} is a folder: use -d DIR to write into a folder.`);
   }
-  const plan: Planned[] = urls.map((source) => ({
-    source,
-    dest: argumentDest,
-    sha256: options.sha256,
-    accessToken: options.token,
-  }));
+  const modelDest = (model: ModelKind, dest: string | undefined): string | undefined =>
+    dest ?? options.dest ?? (model === "civitai" ? "." : undefined);
+  const plan: Planned[] = urls.map((source) => {
+    const model = modelKind(source, usage);
+    if (!model) return { source, dest: argumentDest, sha256: options.sha256, accessToken: options.token };
+    if (options.output !== undefined) usage(`-o names one file, and ${source} is a model: use -d DIR for its folder.`);
+    if (options.sha256 !== undefined)
+      usage(`--sha256 is for a URL; ${source} is checked against the hub's own hashes.`);
+    return { source, dest: modelDest(model, undefined), model, include: options.include, exclude: options.exclude };
+  });
   if (options.sha256 !== undefined && urls.length !== 1) {
     usage("--sha256 checks the one URL given as argument; for several, put sha256= on each line of an --input-file.");
   }
@@ -545,13 +687,33 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
     }
     try {
       for (const entry of parseInputFile(text, name)) {
+        const origin = `${name}:${entry.line}`;
+        const model = modelKind(entry.url, (message) => usage(`${origin}: ${message}`));
+        if (model) {
+          if (entry.sha256 !== undefined)
+            usage(`${origin}: sha256= is for a URL; a model is checked by the hub's hashes.`);
+          const dest =
+            entry.dest === undefined ? undefined : isAbsolute(entry.dest) ? entry.dest : join(base, entry.dest);
+          plan.push({
+            source: entry.url,
+            dest: modelDest(model, dest),
+            model,
+            priority: entry.priority,
+            maxBytesPerSecond: entry.maxBytesPerSecond,
+            include: entry.include ?? options.include,
+            exclude: entry.exclude ?? options.exclude,
+            origin,
+          });
+          continue;
+        }
+        if (entry.include || entry.exclude) usage(`${origin}: include= and exclude= are for hf:// sources.`);
         plan.push({
           source: entry.url,
           dest: entry.dest === undefined ? folder : isAbsolute(entry.dest) ? entry.dest : join(base, entry.dest),
           sha256: entry.sha256,
           priority: entry.priority,
           maxBytesPerSecond: entry.maxBytesPerSecond,
-          origin: `${name}:${entry.line}`,
+          origin,
         });
       }
     } catch (err) {
@@ -563,19 +725,41 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
   return plan;
 }
 
+/**
+ * Which model source `source` is, if any. Its syntax is checked here, so a mistyped `hf://` is a usage error (exit 2)
+ * before anything starts rather than a failed download.
+ */
+function modelKind(source: string, usage: (message: string) => never): ModelKind | undefined {
+  try {
+    if (isHfSource(source)) {
+      parseHfSource(source);
+      return "hf";
+    }
+    const endpoint = civitaiEndpoint();
+    if (isCivitaiSource(source, endpoint)) {
+      parseCivitaiSource(source, endpoint);
+      return "civitai";
+    }
+  } catch (err) {
+    if (err instanceof DlqError) usage(err.message);
+    throw err;
+  }
+  return undefined;
+}
+
 /** Two downloads writing one file would corrupt each other's partial: refuse before anything starts. */
 function checkDestinations(plan: Planned[], usage: (message: string) => never): void {
   const seen = new Map<string, string>();
   for (const item of plan) {
-    const folder = namesFolder(item.dest);
-    const key = folder ? `${resolve(item.dest)}${sep}\0${item.source}` : resolve(item.dest);
+    const folder = item.model !== undefined || namesFolder(item.dest ?? "");
+    const key = folder ? `${resolve(item.dest ?? "\0cache")}${sep}\0${item.source}` : resolve(item.dest ?? "");
     const label = item.origin ?? item.source;
     const other = seen.get(key);
     if (other !== undefined) {
       usage(
         folder
           ? `${item.source} is listed twice (${other} and ${label}).`
-          : `${other} and ${label} would both be written to ${resolve(item.dest)}: give each its own dest ` +
+          : `${other} and ${label} would both be written to ${resolve(item.dest ?? "")}: give each its own dest ` +
               '(a folder is one that exists or ends with "/").',
       );
     }
@@ -585,8 +769,11 @@ function checkDestinations(plan: Planned[], usage: (message: string) => never): 
 
 /** Creates each destination folder up front, so an unwritable destination is a usage error before anything starts. */
 function createFolders(plan: Planned[]): void {
-  for (const item of plan)
+  // A model's folder is left to the library, made only once the model resolves: an unknown repo writes nothing.
+  for (const item of plan) {
+    if (item.model || item.dest === undefined) continue;
     mkdirSync(namesFolder(item.dest) ? item.dest : dirname(resolve(item.dest)), { recursive: true });
+  }
 }
 
 /** The library's rule for dest: an existing folder, or a path ending with a separator, is a folder. */
@@ -627,6 +814,7 @@ class TotalLine implements BoardLine {
     readonly jobs: readonly DownloadJob[],
     readonly resumedFrom: ReadonlyMap<number, number>,
     readonly startedAt: number,
+    readonly title: string,
   ) {}
 
   render(width: number): string {
@@ -687,7 +875,7 @@ class TotalLine implements BoardLine {
     }
     const estimated = sized.length < counted.length;
     return {
-      name: `Total ${completed}/${this.jobs.length} done`,
+      name: `${this.title} ${completed}/${this.jobs.length} done`,
       bytes,
       // Nothing known to estimate from: no bar rather than a made-up one.
       totalBytes: estimated && average === 0 ? 0 : Math.round(totalBytes),
@@ -704,6 +892,7 @@ class TotalLine implements BoardLine {
 function summaryTable(
   jobs: readonly DownloadJob[],
   resumedFrom: ReadonlyMap<number, number>,
+  names: ReadonlyMap<number, string>,
   endedAt: Date,
   columns?: number,
 ): string {
@@ -722,7 +911,7 @@ function summaryTable(
             ? formatBytes(job.bytes)
             : "-";
     return [
-      fileName(job),
+      fileName(job, names),
       size,
       seconds === undefined ? "-" : formatDuration(seconds),
       // Too short to time (a millisecond) or nothing fetched in this run: no speed rather than a made-up one.

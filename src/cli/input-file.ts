@@ -12,6 +12,9 @@ export interface InputEntry {
   priority?: number;
   /** `limit-rate=`: this download's own limit, in bytes per second. */
   maxBytesPerSecond?: number;
+  /** hf:// sources: `include=` / `exclude=` globs, each repeatable. */
+  include?: string[];
+  exclude?: string[];
   /** 1-based, for messages that point at the line to fix. */
   line: number;
 }
@@ -33,14 +36,20 @@ export const INPUT_FILE_HELP = `Input file (-i FILE, or -i - for stdin):
   sha256=      expected checksum; a mismatch fails the download, removes it
   priority=    lower runs first (default: -p, else 10)
   limit-rate=  this download's own rate limit, spelled as for --limit-rate
-               (500k, 2M); --limit-rate still caps all downloads together`;
+               (500k, 2M); --limit-rate still caps all downloads together
+  include=     hf:// sources: only the repo files matching this glob;
+  exclude=     or leave them out; each repeatable, replacing --include /
+               --exclude for that line
+
+  hf://ORG/REPO and Civitai sources may be listed among the URLs; dest= is
+  then the folder the model's files go into.`;
 
 /** A mistake in the list itself; the message names the line. */
 export class InputFileError extends Error {
   override name = "InputFileError";
 }
 
-const KEYS = new Set(["dest", "sha256", "priority", "limit-rate"]);
+const KEYS = new Set(["dest", "sha256", "priority", "limit-rate", "include", "exclude"]);
 
 export function parseInputFile(text: string, fileName: string): InputEntry[] {
   const entries: InputEntry[] = [];
@@ -72,9 +81,14 @@ function setOption(entry: InputEntry, option: string, where: string): void {
   if (!KEYS.has(key)) {
     throw new InputFileError(
       eq > 0
-        ? `${where}: unknown option "${key}"; the options are dest=, sha256=, priority= and limit-rate=.`
+        ? `${where}: unknown option "${key}"; the options are dest=, sha256=, priority=, limit-rate=, include= and exclude=.`
         : `${where}: expected key=value after the URL, got "${option}" (one URL per line).`,
     );
+  }
+  if (key === "include" || key === "exclude") {
+    if (value === "") throw new InputFileError(`${where}: ${key}= needs a pattern, as *.safetensors.`);
+    entry[key] = [...(entry[key] ?? []), value];
+    return;
   }
   const field = key === "limit-rate" ? "maxBytesPerSecond" : (key as keyof InputEntry);
   if (entry[field] !== undefined) throw new InputFileError(`${where}: ${key}= is given twice.`);

@@ -13,10 +13,13 @@ const PLAIN_INTERVAL_MS = 30_000;
  */
 export class PlainProgress {
   readonly #write: (line: string) => void;
+  readonly #names: ReadonlyMap<number, string>;
   readonly #jobs = new Map<number, { startedAt: number; startBytes: number; lastAt: number; lastTenth: number }>();
 
-  constructor(write: (line: string) => void) {
+  /** `names`: what to call a job other than its file's name (a model's part: its path in the repo). */
+  constructor(write: (line: string) => void, names: ReadonlyMap<number, string> = new Map()) {
     this.#write = write;
+    this.#names = names;
   }
 
   start(job: DownloadJob): void {
@@ -27,7 +30,7 @@ export class PlainProgress {
     if (job.totalBytes > 0 && job.bytes >= job.totalBytes) return;
     const size = job.totalBytes > 0 ? formatBytes(job.totalBytes) : "size unknown";
     const resumed = job.bytes > 0 ? `, resuming at ${formatBytes(job.bytes)}` : "";
-    this.#write(`${fileName(job)}: started (${size}${resumed}) from ${job.source}`);
+    this.#write(`${fileName(job, this.#names)}: started (${size}${resumed}) from ${job.source}`);
   }
 
   progress(job: DownloadJob): void {
@@ -45,13 +48,13 @@ export class PlainProgress {
       job.totalBytes > 0
         ? `${Math.floor((job.bytes / job.totalBytes) * 100)}%  ${formatBytes(job.bytes)} of ${formatBytes(job.totalBytes)}`
         : formatBytes(job.bytes);
-    this.#write(`${fileName(job)}: ${amount}${speed}`);
+    this.#write(`${fileName(job, this.#names)}: ${amount}${speed}`);
   }
 
   end(job: DownloadJob): void {
     const state = this.#jobs.get(job.id);
     this.#jobs.delete(job.id);
-    const name = fileName(job);
+    const name = fileName(job, this.#names);
     if (job.status === "completed") {
       if (!state || (job.bytes === state.startBytes && job.bytes > 0)) {
         this.#write(`${name}: already complete (${formatBytes(job.bytes)})`);
@@ -74,7 +77,9 @@ export class PlainProgress {
 }
 
 /** The file a job writes, or would write: named by its URL until the server has named it. */
-export function fileName(job: DownloadJob): string {
+export function fileName(job: DownloadJob, names?: ReadonlyMap<number, string>): string {
+  const name = names?.get(job.id);
+  if (name) return name;
   if (job.downloadPath) return basename(job.downloadPath);
   const last = new URL(job.source).pathname.split("/").filter(Boolean).at(-1);
   return last ? decodeURIComponentSafe(last) : job.source;
