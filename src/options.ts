@@ -135,5 +135,35 @@ export interface MultiFileDownloadRequest extends DownloadCallbacks<MultiFileDow
   overwrite?: boolean;
 }
 
+/**
+ * A model by its id rather than its URLs: `hf://ORG/REPO[@REV][/PATH]` (also `hf://datasets/…`, `hf://spaces/…`),
+ * `civitai://models/ID[@VERSION]` or a Civitai model page URL. Resolved first (to one commit for hf://, to the
+ * version's files for Civitai), then queued as one MultiFileDownloadJob whose parts carry the hub's sha256 and size.
+ */
+export interface ModelDownloadRequest extends DownloadCallbacks<DownloadJob | MultiFileDownloadJob> {
+  source: string;
+  /** A folder: the repo's tree (or the Civitai files) under it, and nothing in the cache. Required for Civitai. */
+  dest?: string;
+  /**
+   * hf:// only, when `dest` is absent: the Hugging Face cache root to lay the files out in, as huggingface_hub does
+   * (default, or `true`: hfCacheRoot(), i.e. $HF_HUB_CACHE, else $HF_HOME/hub, else ~/.cache/huggingface/hub).
+   */
+  cache?: string | boolean;
+  /** hf:// only: huggingface_hub's allow_patterns (fnmatch on the whole repo path; `*` crosses folders). */
+  include?: string[];
+  /** hf:// only: huggingface_hub's ignore_patterns. */
+  exclude?: string[];
+  /** Civitai: every file of the version, not only the primary one (default false). */
+  allFiles?: boolean;
+  /** Lower runs first (default 10). */
+  priority?: number;
+  /** hf:// only: the token for the hub endpoint (default: hfToken(): HF_TOKEN, else the token file). */
+  accessToken?: string;
+  /** Fetch every file again even when it is already complete (default: the queue's `overwrite`). */
+  overwrite?: boolean;
+  /** The job's rate limit in bytes per second, shared by its files. */
+  maxBytesPerSecond?: number;
+}
+
 /** What a job asked for besides where and what: kept in the store, so a restored job behaves the same. */
 export type JobOptions = Pick<DownloadRequest, "maxBytesPerSecond" | "overwrite">;
