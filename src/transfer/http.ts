@@ -34,9 +34,18 @@ import {
 import type { SpaceLedger } from "../files/space.js";
 import type { Logger } from "../logger.js";
 import { formatBytes } from "../units.js";
+import { adoptionStart, OverlapCheck, OverlapMismatchError } from "./adopt.js";
 import { both } from "./rate.js";
 import { get, type Response } from "./request.js";
-import { header, ifRangeFor, parseContentRange, planResponse, resumeHeaders, validatorsFrom } from "./resume.js";
+import {
+  header,
+  ifRangeFor,
+  parseContentRange,
+  planResponse,
+  type ResumePlan,
+  resumeHeaders,
+  validatorsFrom,
+} from "./resume.js";
 import { httpError, retryTransient } from "./retry.js";
 import { downloadSegmented, RangeNotSupportedError } from "./segments.js";
 
@@ -209,9 +218,9 @@ class FileTransfer {
   }
 
   async run(): Promise<TransferResult> {
-    // At most three requests: one that reveals the name, one that resumes that name's partial, one after a
-    // partial turned out to belong to another version of the file.
-    for (let pass = 0; pass < 3; pass++) {
+    // At most four requests: one that reveals the name, one that resumes that name's partial, one after a partial
+    // turned out to belong to another version of the file, one after a foreign partial turned out not to be it.
+    for (let pass = 0; pass < 4; pass++) {
       const path = this.downloadPath;
       if (path) await this.#claim(path);
       let partial: PartialOnDisk = path ? await inspectPartial(path) : NO_PARTIAL;
@@ -236,8 +245,20 @@ class FileTransfer {
         }
         finished = undefined;
       }
+      // A partial without validators (see adopt.ts) is continued only where the server's bytes are seen to match.
+      const foreign = path && !finished && partial.kind === "prefix" && !previous ? partial.bytes : 0;
+      const from = foreign ? adoptionStart(foreign, this.req.expectedSize) : undefined;
+      if (foreign && from === undefined) {
+        this.#startOver(path as string, `it is larger than the expected ${this.req.expectedSize} bytes`);
+        await discardPartial(path as string);
+        continue;
+      }
       const { response, url } = await this.#get(
-        resumable ? resumeHeaders(offset, previous) : (sizeProbe ?? (finished ? stillCurrent(finished) : {})),
+        from !== undefined
+          ? { range: `bytes=${from}-` }
+          : resumable
+            ? resumeHeaders(offset, previous)
+            : (sizeProbe ?? (finished ? stillCurrent(finished) : {})),
       );
       try {
         if (finished && candidate) {
@@ -283,8 +304,28 @@ class FileTransfer {
           }
         }
         const finalPath = this.downloadPath as string;
-        const plan = planResponse(response.statusCode, response.headers, offset, previous);
+        const plan = planResponse(response.statusCode, response.headers, from ?? offset, previous);
         if (!plan) throw httpError(response.statusCode, response.headers, url.href);
+        if (from !== undefined) {
+          const why = this.#adoptionRefused(plan, foreign);
+          if (why) {
+            this.#startOver(finalPath, why);
+            await discardPartial(finalPath);
+            // A 200 is the whole file from its first byte: it is taken as it comes, as for any partial.
+            if (plan.action !== "restart") continue;
+          }
+          if (plan.action === "complete") {
+            this.#lastModified = header(response.headers, "last-modified");
+            await response.discard();
+            const hash = await this.#hashPrefix(foreign);
+            if (hash && hash.digest("hex") !== this.#sha256?.toLowerCase()) {
+              this.#startOver(finalPath, "its sha256 is not the file's");
+              await discardPartial(finalPath);
+              continue;
+            }
+            return await this.#finish(finalPath, foreign, foreign, undefined, false);
+          }
+        }
         if (plan.action === "refetch") {
           await discardPartial(finalPath);
           continue;
@@ -294,21 +335,51 @@ class FileTransfer {
           await response.discard();
           return await this.#finish(finalPath, plan.totalBytes, plan.totalBytes, await this.#hashPrefix(offset), true);
         }
-        const start = plan.action === "append" ? offset : 0;
-        if (this.#segmented && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
+        const start = plan.action === "append" ? (from === undefined ? offset : foreign) : 0;
+        // An adopted partial is continued over one stream, which checks the overlap as it goes; once its sidecar is
+        // written it is ours, and a later run may split what is left over several connections.
+        const adopting = plan.action === "append" && from !== undefined;
+        const segmentable = this.#segmented && !adopting;
+        if (segmentable && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
           const acceptsRanges = response.statusCode === 206 || header(response.headers, "accept-ranges") === "bytes";
           if (acceptsRanges) {
             await response.discard();
             return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes);
           }
         }
-        return await this.#receive(response, url, finalPath, start, plan.totalBytes);
+        try {
+          return await this.#receive(response, url, finalPath, start, plan.totalBytes, adopting ? from : undefined);
+        } catch (err) {
+          // Only the overlap was compared: a wrong byte before it shows in the checksum, and is no fault of the
+          // server's, so the file is fetched again rather than failed.
+          const foreignBytesWrong = adopting && err instanceof ChecksumMismatchError;
+          if (!(err instanceof OverlapMismatchError) && !foreignBytesWrong) throw err;
+          this.#startOver(finalPath, foreignBytesWrong ? "its sha256 is not the file's" : err.message);
+          await discardPartial(finalPath);
+        }
       } finally {
         // Whatever failed before the body was read (a size check, the disk) must still release the connection.
         await response.discard();
       }
     }
     throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed`);
+  }
+
+  /** Why a response cannot continue a foreign partial of `size` bytes, if it cannot. */
+  #adoptionRefused(plan: ResumePlan, size: number): string | undefined {
+    if (plan.action === "restart") return "the server ignores Range and sends the whole file";
+    if (plan.action === "refetch") return "the server cannot send its overlap";
+    if (plan.totalBytes < size) return `it is larger than the server's ${plan.totalBytes} bytes`;
+    if (plan.action === "complete" && plan.totalBytes !== size) return "the server's file ends before it";
+    return undefined;
+  }
+
+  /** Says, once per partial, why a partial that another tool left is not continued. */
+  #startOver(finalPath: string, why: string): void {
+    this.settings.logger.warn(
+      `${this.#partialPath ?? partialPathOf(finalPath)} has no dlqueue sidecar and is not continued: ${why}; ` +
+        `fetching ${this.req.source} from the start.`,
+    );
   }
 
   /** A complete file at the final path that may be skipped (never when the caller asked to overwrite). */
@@ -409,6 +480,7 @@ class FileTransfer {
     finalPath: string,
     start: number,
     totalBytes: number | undefined,
+    overlapFrom?: number,
   ): Promise<TransferResult> {
     const { expectedSize } = this.req;
     if (expectedSize !== undefined && totalBytes !== undefined && totalBytes !== expectedSize) {
@@ -417,12 +489,16 @@ class FileTransfer {
         : new SizeMismatchError(url.href, expectedSize, totalBytes);
     }
     if (totalBytes !== undefined) await this.#reserveSpace(finalPath, start, totalBytes);
+    // The body starts with bytes a foreign partial already holds: compared, never written again.
+    const overlap =
+      overlapFrom !== undefined && overlapFrom < start
+        ? await OverlapCheck.read(this.#partialPath as string, overlapFrom, start)
+        : undefined;
     // A small file is refetched whole rather than resumed; skipping its sidecar saves three file operations.
     const resumable = totalBytes === undefined || totalBytes >= RESUMABLE_MIN_BYTES;
-    if (resumable) {
-      const validators: Validators = validatorsFrom(this.req.source, response.headers, totalBytes);
-      await writeValidators(finalPath, validators);
-    }
+    // The sidecar makes a partial ours, so an adopted one gets it only once its overlap has matched.
+    const sidecar = () => writeValidators(finalPath, validatorsFrom(this.req.source, response.headers, totalBytes));
+    if (resumable && !overlap) await sidecar();
     const hash = await this.#hashPrefix(start);
     this.#accepted(response, finalPath, start, totalBytes);
 
@@ -430,15 +506,25 @@ class FileTransfer {
     const file = await openPartial(this.#partialPath as string, start, durable);
     const writer = file.writer(start);
     let complete = false;
+    const take = (chunk: Buffer) => {
+      this.bytes += chunk.length;
+      if (expectedSize !== undefined && this.bytes > expectedSize) {
+        throw new ResponseTooLargeError(url.href, expectedSize, this.bytes);
+      }
+      hash?.update(chunk);
+      this.observer.onBytes(this.bytes);
+      return both(writer.write(chunk), this.req.pace?.(chunk.length));
+    };
     try {
       await response.consume((chunk) => {
-        this.bytes += chunk.length;
-        if (expectedSize !== undefined && this.bytes > expectedSize) {
-          throw new ResponseTooLargeError(url.href, expectedSize, this.bytes);
-        }
-        hash?.update(chunk);
-        this.observer.onBytes(this.bytes);
-        return both(writer.write(chunk), this.req.pace?.(chunk.length));
+        if (!overlap || overlap.done) return take(chunk);
+        const rest = overlap.take(chunk);
+        if (!overlap.done) return this.req.pace?.(chunk.length);
+        this.settings.logger.info(`${this.#partialPath} matches ${url.href} where they overlap: continuing it.`);
+        const adopted = resumable ? sidecar() : undefined;
+        const paced = this.req.pace?.(chunk.length - rest.length);
+        if (rest.length === 0) return both(paced, adopted);
+        return both(paced, adopted ? adopted.then(() => take(rest)) : take(rest));
       });
       await writer.flush();
       complete = totalBytes === undefined || this.bytes >= totalBytes;
@@ -446,6 +532,9 @@ class FileTransfer {
       // Every byte received before a drop stays on disk for the next resume, unless the disk itself failed.
       await writer.flush().catch(() => {});
       await file.close(complete);
+    }
+    if (overlap && !overlap.done) {
+      throw new TransferInterruptedError(`${url.href} ended before the bytes that overlap the partial`);
     }
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes`);
