@@ -153,6 +153,14 @@ const STATUS_OF_CODE: Record<string, number> = {
   DLQ_ERR_UNKNOWN_JOB_ID: 404,
   DLQ_ERR_INVALID_JOB_ID: 404,
   DLQ_ERR_QUEUE_STOPPED: 503,
+  DLQ_ERR_HF_REPO_NOT_FOUND: 404,
+  DLQ_ERR_HF_REVISION_NOT_FOUND: 404,
+  DLQ_ERR_HF_ENTRY_NOT_FOUND: 404,
+  DLQ_ERR_CIVITAI_NOT_FOUND: 404,
+  DLQ_ERR_HF_ACCESS_DENIED: 403,
+  DLQ_ERR_CIVITAI_ACCESS_DENIED: 403,
+  // The hub answered something that is not its API: the client's request was fine.
+  DLQ_ERR_BAD_API_RESPONSE: 502,
 };
 
 /** The page loads only its own files and talks only to this server. */

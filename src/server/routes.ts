@@ -6,6 +6,8 @@ import type { FastifyInstance } from "fastify";
 import { DlqError } from "../errors.js";
 import { MultiFileDownloadJob } from "../job.js";
 import type { DownloadQueue } from "../queue.js";
+import { civitaiEndpoint, isCivitaiSource } from "../sources/civitai.js";
+import { hfEndpoint, isHfSource, parseHfSource } from "../sources/hf.js";
 import {
   downloadRequestFromWire,
   jobToRest,
@@ -86,25 +88,61 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
     },
   );
 
-  app.post<{ Body: WireDownloadRequest }>(
+  app.post<{ Body: DownloadBody }>(
     "/i/",
     {
       schema: {
         tags,
         security,
         operationId: "download",
-        summary: "Queue a download",
+        summary: "Queue a download; a model source (hf://, Civitai) queues its files as one multi-file job",
+        description:
+          "A model is resolved first (its file list at one commit, with the hub's sha256 of each file); an unknown " +
+          "repo, revision, path or model version is a 404, a gated or private one the token does not open a 403, " +
+          "an include/exclude that leaves nothing a 400, each saying what to do. Nothing is written before that. " +
+          "The files go under dest inside the download root, never into a shared Hugging Face cache.",
         body: downloadBody,
-        response: { 200: { $ref: "DownloadJob#" }, 400: badRequest, 422: unprocessable },
+        response: {
+          200: { anyOf: [{ $ref: "DownloadJob#" }, { $ref: "MultiFileDownloadJob#" }] },
+          400: badRequest,
+          403: { description: "A gated or private model the token does not open.", $ref: "Error#" },
+          404: { description: "No such repo, revision, path or model version.", $ref: "Error#" },
+          422: unprocessable,
+        },
       },
     },
     async (request) => {
       const body = request.body;
+      const model = modelKind(body.source);
+      if (model) return modelDownload(body, model);
+      for (const field of ["include", "exclude", "all_files"] as const) {
+        if (body[field] !== undefined) throw new ModelOptionError(field);
+      }
       await checkSource(body.source, policy);
-      const dest = await resolveDest(root, body.dest);
-      return jobToRest(queue.download(downloadRequestFromWire(body, dest)));
+      // The schema requires dest for anything but a model source.
+      const wire = body as WireDownloadRequest;
+      const dest = await resolveDest(root, wire.dest);
+      return jobToRest(queue.download(downloadRequestFromWire(wire, dest)));
     },
   );
+
+  /** The hub (or Civitai) API is checked as any source is: its file URLs are on it, and redirects are guarded. */
+  async function modelDownload(body: DownloadBody, model: ModelKind) {
+    await checkSource(model === "hf" ? hfEndpoint() : civitaiEndpoint(), policy);
+    // A folder, so the repo's tree goes under it; the default keeps two models' files apart.
+    const folder = body.dest ?? (model === "hf" ? `${parseHfSource(body.source).repoId.split("/").at(-1)}/` : "");
+    const dest = await resolveDest(root, folder);
+    const job = await queue.modelDownload({
+      source: body.source,
+      dest,
+      include: body.include,
+      exclude: body.exclude,
+      allFiles: body.all_files,
+      priority: body.priority,
+      accessToken: body.access_token ?? undefined,
+    });
+    return multiJobToRest(job);
+  }
 
   app.post<{ Body: WireMultiFileDownloadRequest }>(
     "/multi/",
@@ -275,6 +313,31 @@ function jobId(text: string): number {
   const id = /^\d{1,16}$/.test(text) ? Number(text) : Number.NaN;
   if (!Number.isSafeInteger(id)) throw new InvalidJobIdError(text);
   return id;
+}
+
+/** POST /i/'s body: InvokeAI's, plus what a model source takes. */
+interface DownloadBody extends Omit<WireDownloadRequest, "dest"> {
+  dest?: string;
+  include?: string[];
+  exclude?: string[];
+  all_files?: boolean;
+}
+
+type ModelKind = "hf" | "civitai";
+
+function modelKind(source: string): ModelKind | undefined {
+  if (isHfSource(source)) return "hf";
+  return isCivitaiSource(source, civitaiEndpoint()) ? "civitai" : undefined;
+}
+
+/** include, exclude or all_files sent with a plain URL: refused rather than ignored, since the client meant a model. */
+export class ModelOptionError extends DlqError {
+  constructor(field: string) {
+    super(
+      `${field} applies to model sources (hf://…, civitai://…); send it with a model, or leave it out for a URL.`,
+      "DLQ_ERR_INVALID_ARGUMENT",
+    );
+  }
 }
 
 async function checkSource(source: string, policy: AddressPolicy): Promise<void> {

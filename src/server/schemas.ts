@@ -63,6 +63,9 @@ export const multiJobSchema = {
     error_type: nullableString("A short label of the first part's failure."),
     error: nullableString("What went wrong, in full."),
     download_parts: { type: "array", items: { $ref: "DownloadJob#" } },
+    source: { type: "string", description: "A model's source (hf://…, civitai://…) as resolved; absent otherwise." },
+    commit: { type: "string", description: "hf:// models: the commit every part was fetched at." },
+    snapshot_path: { type: "string", description: "hf:// models: the folder holding the repo's tree." },
   },
   required: ["id", "dest", "status", "download_path", "bytes", "total_bytes", "error_type", "error", "download_parts"],
   additionalProperties: true,
@@ -99,11 +102,36 @@ const dest = {
     'Relative to the service\'s download root: an existing folder, a file to create, or a folder to create when it ends in "/". "" is the root.',
 } as const;
 const url = { type: "string", minLength: 1, maxLength: 8192, description: "An http:// or https:// URL." } as const;
+const globs = (description: string) =>
+  ({ type: "array", maxItems: 256, items: { type: "string", minLength: 1, maxLength: 1024 }, description }) as const;
 
+/** Sources that may leave dest out: models, whose files go under a folder of their own by default. */
+const MODEL_SOURCE = "^(hf://|civitai://|https?://(www\\.)?civitai\\.com/models/)";
+
+/** `dest` is required for a URL, as InvokeAI's body has it, and optional for a model. */
 export const downloadBody = {
   type: "object",
-  properties: { source: url, dest, priority, access_token: accessToken },
-  required: ["source", "dest"],
+  properties: {
+    source: {
+      ...url,
+      description:
+        "An http:// or https:// URL, or a model: hf://ORG/REPO[@REV][/PATH], hf://datasets/…, " +
+        "civitai://models/ID[@VERSION] or a Civitai model page URL. A model answers a multi-file job.",
+    },
+    dest: {
+      ...dest,
+      description: `${dest.description} Required for a URL; for an hf:// model, default "<repo name>/" (its tree goes under it), for Civitai the root.`,
+    },
+    priority,
+    access_token: accessToken,
+    include: globs("hf:// models: only the repo files matching one of these globs (huggingface_hub's allow_patterns)."),
+    exclude: globs("hf:// models: leave out the repo files matching one of these globs (ignore_patterns)."),
+    all_files: { type: "boolean", description: "Civitai models: every file of the version, not only the primary one." },
+  },
+  required: ["source"],
+  // validation.ts drops the failed "if" from the 422, which then lists only what to add: dest.
+  if: { properties: { source: { type: "string", pattern: MODEL_SOURCE } }, required: ["source"] },
+  else: { required: ["dest"] },
   additionalProperties: false,
 } as const;
 

@@ -45,15 +45,18 @@ export function validationIssues(
   errors: FastifySchemaValidationError[],
   context: string | undefined,
 ): ValidationIssue[] {
-  return errors.map((error) => {
-    const path = error.instancePath
-      .split("/")
-      .slice(1)
-      .map((segment) => segment.replace(/~1/g, "/").replace(/~0/g, "~"))
-      .map((segment) => (/^\d+$/.test(segment) ? Number(segment) : segment));
-    if (error.keyword === "required") path.push(String(error.params.missingProperty));
-    return { loc: [LOCATION[context ?? "body"] ?? context ?? "body", ...path], ...describe(error, path) };
-  });
+  // A failed "if" only says which branch applied; the branch's own failures say what to change.
+  return errors
+    .filter((error) => error.keyword !== "if")
+    .map((error) => {
+      const path = error.instancePath
+        .split("/")
+        .slice(1)
+        .map((segment) => segment.replace(/~1/g, "/").replace(/~0/g, "~"))
+        .map((segment) => (/^\d+$/.test(segment) ? Number(segment) : segment));
+      if (error.keyword === "required") path.push(String(error.params.missingProperty));
+      return { loc: [LOCATION[context ?? "body"] ?? context ?? "body", ...path], ...describe(error, path) };
+    });
 }
 
 function describe(error: FastifySchemaValidationError, path: (string | number)[]): { msg: string; type: string } {
