@@ -336,18 +336,18 @@ class FileTransfer {
           return await this.#finish(finalPath, plan.totalBytes, plan.totalBytes, await this.#hashPrefix(offset), true);
         }
         const start = plan.action === "append" ? (from === undefined ? offset : foreign) : 0;
-        // An adopted partial is continued over one stream, which checks the overlap as it goes; once its sidecar is
-        // written it is ours, and a later run may split what is left over several connections.
         const adopting = plan.action === "append" && from !== undefined;
-        const segmentable = this.#segmented && !adopting;
-        if (segmentable && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
-          const acceptsRanges = response.statusCode === 206 || header(response.headers, "accept-ranges") === "bytes";
-          if (acceptsRanges) {
-            await response.discard();
-            return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes);
-          }
-        }
         try {
+          if (this.#segmented && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
+            const acceptsRanges = response.statusCode === 206 || header(response.headers, "accept-ranges") === "bytes";
+            if (acceptsRanges) {
+              // An adopted prefix becomes the first finished range once its overlap matched; the segments ask for
+              // the rest themselves, so this response is read no further.
+              if (adopting) await this.#matchOverlap(response, url, from, start);
+              await response.discard();
+              return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes);
+            }
+          }
           return await this.#receive(response, url, finalPath, start, plan.totalBytes, adopting ? from : undefined);
         } catch (err) {
           // Only the overlap was compared: a wrong byte before it shows in the checksum, and is no fault of the
@@ -363,6 +363,20 @@ class FileTransfer {
       }
     }
     throw new TransferInterruptedError(`${this.req.source} kept changing while it was being resumed`);
+  }
+
+  /** Reads the overlap of a foreign partial's `[from, size)` from the body, compares it, and lets the body go. */
+  async #matchOverlap(response: Response, url: URL, from: number, size: number): Promise<void> {
+    const overlap = await OverlapCheck.read(this.#partialPath as string, from, size);
+    if (overlap.done) return;
+    await response.consume((chunk) => {
+      if (overlap.done) return undefined;
+      const rest = overlap.take(chunk);
+      if (overlap.done) response.cancel();
+      return this.req.pace?.(chunk.length - rest.length);
+    });
+    if (!overlap.done)
+      throw new TransferInterruptedError(`${url.href} ended before the bytes that overlap the partial`);
   }
 
   /** Why a response cannot continue a foreign partial of `size` bytes, if it cannot. */
