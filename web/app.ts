@@ -4,9 +4,11 @@
  * its focus while progress streams in.
  */
 // Types only, erased from the page: the job JSON and events as the library declares them (its build's .d.ts).
-import type { QueueEventName, QueueEventPayloads, RestJob } from "dlqueue";
+import type { QueueEventName, QueueEventPayloads, RestJob, RestMultiFileJob } from "dlqueue";
 
 const API = "/api/v1/download_queue";
+/** Sources the server resolves to a model's files (its schema's list); they may leave the folder empty. */
+const MODEL_SOURCE = /^(hf:\/\/|civitai:\/\/|https?:\/\/(www\.)?civitai\.com\/models\/)/i;
 const TOKEN_KEY = "dlqueue-token";
 /** Every event the queue emits: a name missing here, or one it no longer has, fails the page's build. */
 const EVENT_NAMES = Object.keys({
@@ -23,6 +25,13 @@ type WireJob = Pick<
   RestJob,
   "id" | "source" | "dest" | "priority" | "status" | "download_path" | "bytes" | "total_bytes" | "error_type"
 >;
+
+/** A multi-file job (a model: `source` is its hf:// or Civitai source) and its parts. */
+type WireMulti = Pick<RestMultiFileJob, "id" | "dest" | "status" | "download_path" | "error_type"> & {
+  source?: string;
+  snapshot_path?: string;
+  download_parts: WireJob[];
+};
 
 /** Any event's payload: each field beyond id and source is read only where its event carries it. */
 type EventData = QueueEventPayloads["download_cancelled"] &
@@ -51,7 +60,19 @@ class JobView {
   /** (time, bytes) of recent progress, for the speed. */
   #samples: { at: number; bytes: number }[] = [];
 
-  constructor(public job: WireJob) {
+  /** A multi-file job's row: titled by its model source, with its parts listed below the bar. */
+  readonly parts: HTMLUListElement | undefined;
+  readonly #title: string | undefined;
+
+  constructor(
+    public job: WireJob,
+    multi?: { title: string | undefined },
+  ) {
+    this.#title = multi?.title;
+    if (multi) {
+      this.parts = document.createElement("ul");
+      this.parts.className = "parts";
+    }
     const progressId = `job-${job.id}-progress`;
     this.item.className = "job";
     this.#name.htmlFor = progressId;
@@ -67,7 +88,15 @@ class JobView {
     const actions = document.createElement("div");
     actions.className = "actions";
     actions.append(this.#pause, this.#resume, this.#cancel);
-    this.item.append(head, this.#source, this.#dest, this.#progress, this.#stats, actions);
+    this.item.append(
+      head,
+      this.#source,
+      this.#dest,
+      this.#progress,
+      this.#stats,
+      ...(this.parts ? [this.parts] : []),
+      actions,
+    );
     this.#pause.addEventListener("click", () => act(this, "pause"));
     this.#resume.addEventListener("click", () => act(this, "resume"));
     this.#cancel.addEventListener("click", () => act(this, "cancel"));
@@ -75,7 +104,7 @@ class JobView {
   }
 
   get name(): string {
-    return displayName(this.job);
+    return this.#title ?? displayName(this.job);
   }
 
   update(patch: Partial<WireJob>): void {
@@ -163,7 +192,96 @@ class JobView {
   }
 }
 
+/** One row for a multi-file job: its bar and figures are its parts' sums; each part has a line below them. */
+class MultiView {
+  readonly view: JobView;
+  readonly #lines = new Map<number, { label: HTMLSpanElement; bar: HTMLProgressElement }>();
+
+  constructor(public multi: WireMulti) {
+    this.view = new JobView(this.#summary(), { title: multi.source });
+    this.#renderParts();
+  }
+
+  set(multi: WireMulti): void {
+    this.multi = multi;
+    this.#refresh();
+  }
+
+  part(id: number): WireJob | undefined {
+    return this.multi.download_parts.find((part) => part.id === id);
+  }
+
+  updatePart(id: number, patch: Partial<WireJob>): void {
+    const parts = this.multi.download_parts.map((part) => (part.id === id ? { ...part, ...patch } : part));
+    this.multi = { ...this.multi, download_parts: parts };
+    this.#refresh();
+  }
+
+  #refresh(): void {
+    this.view.update(this.#summary());
+    this.#renderParts();
+  }
+
+  /** The parts' state as one job: a failure or a running part shows first, completed only when all are. */
+  #summary(): WireJob {
+    const { multi } = this;
+    const parts = multi.download_parts;
+    const has = (status: WireJob["status"]) => parts.some((part) => part.status === status);
+    const status: WireJob["status"] = has("error")
+      ? "error"
+      : parts.length > 0 && parts.every((part) => part.status === "completed")
+        ? "completed"
+        : has("running")
+          ? "running"
+          : has("cancelled")
+            ? "cancelled"
+            : has("paused")
+              ? "paused"
+              : "waiting";
+    return {
+      id: multi.id,
+      source: multi.source ?? `${parts.length} files`,
+      dest: multi.dest,
+      priority: parts[0]?.priority ?? 10,
+      status,
+      download_path: multi.snapshot_path ?? multi.download_path,
+      bytes: parts.reduce((sum, part) => sum + part.bytes, 0),
+      // Unknown sizes count as nothing yet, as on the server.
+      total_bytes: parts.reduce((sum, part) => sum + part.total_bytes, 0),
+      error_type: multi.error_type ?? parts.find((part) => part.error_type)?.error_type ?? null,
+    };
+  }
+
+  #renderParts(): void {
+    const list = this.view.parts;
+    if (!list) return;
+    const root = `${this.multi.download_path.replace(/\/+$/, "")}/`;
+    for (const part of this.multi.download_parts) {
+      partOwner.set(part.id, this);
+      let line = this.#lines.get(part.id);
+      if (!line) {
+        const item = document.createElement("li");
+        line = { label: document.createElement("span"), bar: document.createElement("progress") };
+        item.append(line.label, line.bar);
+        list.append(item);
+        this.#lines.set(part.id, line);
+      }
+      const path = part.download_path?.startsWith(root) ? part.download_path.slice(root.length) : displayName(part);
+      const done = part.status === "completed";
+      const percent =
+        part.total_bytes > 0 ? Math.floor((Math.min(part.bytes, part.total_bytes) / part.total_bytes) * 100) : 0;
+      line.label.textContent = `${path} · ${done ? "done" : part.status === "running" ? `${percent}%` : statusText(part)}`;
+      line.bar.max = 100;
+      line.bar.value = done ? 100 : percent;
+      line.bar.setAttribute("aria-label", path);
+    }
+  }
+}
+
 const jobs = new Map<number, JobView>();
+/** Multi-file jobs by id, and which one each part belongs to: parts have no row of their own. */
+const multis = new Map<number, MultiView>();
+const partOwner = new Map<number, MultiView>();
 let token = sessionStorage.getItem(TOKEN_KEY) ?? undefined;
 let events: EventSource | undefined;
 /** Events that arrive while the job list loads; those newer than the list are applied after it. */
@@ -268,29 +386,56 @@ function show(job: WireJob): JobView {
     return view;
   }
   view = new JobView(job);
+  place(view);
+  return view;
+}
+
+function showMulti(multi: WireMulti): JobView {
+  const known = multis.get(multi.id);
+  if (known) {
+    known.set(multi);
+    return known.view;
+  }
+  const row = new MultiView(multi);
+  multis.set(multi.id, row);
+  // A part shown as a job of its own before its multi-file job was known gives way to the multi-file row.
+  for (const part of multi.download_parts) forget(part.id);
+  place(row.view);
+  return row.view;
+}
+
+function forget(id: number): void {
+  jobs.get(id)?.item.remove();
+  jobs.delete(id);
+  const row = multis.get(id);
+  if (!row) return;
+  multis.delete(id);
+  for (const part of row.multi.download_parts) partOwner.delete(part.id);
+}
+
+function place(view: JobView): void {
+  const { job } = view;
   jobs.set(job.id, view);
   // Newest first: the one just added is where the eye is.
   const list = element<HTMLUListElement>("jobs");
   const after = [...jobs.values()].filter((other) => other.job.id > job.id).sort((a, b) => a.job.id - b.job.id)[0];
   list.insertBefore(view.item, after ? after.item.nextSibling : list.firstChild);
   showEmpty(undefined);
-  return view;
 }
 
 async function loadJobs(): Promise<void> {
   pending = [];
   try {
-    const response = await api("GET", "/");
+    const [response, multiResponse] = await Promise.all([api("GET", "/"), api("GET", "/multi/")]);
     const snapshotEvent = Number(response.headers.get("x-last-event-id") ?? 0);
     const list = (await response.json()) as WireJob[];
-    const present = new Set(list.map((job) => job.id));
-    for (const [id, view] of jobs) {
-      if (!present.has(id)) {
-        view.item.remove();
-        jobs.delete(id);
-      }
-    }
-    for (const job of list) show(job);
+    const multiList = (await multiResponse.json()) as WireMulti[];
+    const parts = new Set(multiList.flatMap((multi) => multi.download_parts.map((part) => part.id)));
+    const singles = list.filter((job) => !parts.has(job.id));
+    const present = new Set([...singles, ...multiList].map((job) => job.id));
+    for (const id of [...jobs.keys()]) if (!present.has(id)) forget(id);
+    for (const job of singles) show(job);
+    for (const multi of multiList) showMulti(multi);
     showEmpty(jobs.size === 0 ? "No downloads yet." : undefined);
     const queued = pending;
     pending = undefined;
@@ -313,9 +458,16 @@ function fetchJob(id: number): void {
     return;
   }
   fetching.set(id, false);
-  api("GET", `/i/${id}`)
-    .then((response) => response.json())
-    .then((job: WireJob) => show(job))
+  // A new part may belong to a multi-file job submitted elsewhere, which then gets the row.
+  Promise.all([api("GET", `/i/${id}`), api("GET", "/multi/")])
+    .then(async ([response, multiResponse]) => {
+      const job = (await response.json()) as WireJob | WireMulti;
+      const owners = ((await multiResponse.json()) as WireMulti[]).filter(
+        (multi) => multi.id === id || multi.download_parts.some((part) => part.id === id),
+      );
+      for (const multi of owners) showMulti(multi);
+      if (owners.length === 0 && !("download_parts" in job)) show(job);
+    })
     .catch(() => {})
     .finally(() => {
       const outdated = fetching.get(id);
@@ -325,11 +477,22 @@ function fetchJob(id: number): void {
 }
 
 function apply({ name, data }: QueuedEvent): void {
+  const owner = partOwner.get(data.id);
+  const part = owner?.part(data.id);
+  if (owner && part && !fetching.has(data.id)) {
+    owner.updatePart(data.id, eventPatch(name, data, part));
+    return;
+  }
   const view = jobs.get(data.id);
   if (!view || fetching.has(data.id)) {
     fetchJob(data.id);
     return;
   }
+  view.update(eventPatch(name, data, view.job));
+}
+
+/** What an event changes in the job it is about. */
+function eventPatch(name: QueueEventName, data: EventData, job: WireJob): Partial<WireJob> {
   const patch: Partial<WireJob> = {};
   if (data.download_path) patch.download_path = data.download_path;
   if (data.total_bytes) patch.total_bytes = data.total_bytes;
@@ -338,11 +501,11 @@ function apply({ name, data }: QueuedEvent): void {
       patch.status = "running";
       break;
     case "download_progress":
-      patch.bytes = data.current_bytes ?? view.job.bytes;
+      patch.bytes = data.current_bytes ?? job.bytes;
       break;
     case "download_complete":
       patch.status = "completed";
-      patch.bytes = data.total_bytes ?? view.job.bytes;
+      patch.bytes = data.total_bytes ?? job.bytes;
       break;
     case "download_error":
       patch.status = "error";
@@ -353,10 +516,10 @@ function apply({ name, data }: QueuedEvent): void {
       break;
     case "download_paused":
       patch.status = "paused";
-      patch.bytes = data.current_bytes ?? view.job.bytes;
+      patch.bytes = data.current_bytes ?? job.bytes;
       break;
   }
-  view.update(patch);
+  return patch;
 }
 
 function connect(): void {
@@ -454,12 +617,16 @@ function init(): void {
     error.textContent = "";
     submit.disabled = true;
     try {
+      const source = element<HTMLInputElement>("source").value.trim();
+      const dest = element<HTMLInputElement>("dest").value.trim();
       const response = await api("POST", "/i/", {
-        source: element<HTMLInputElement>("source").value.trim(),
-        dest: element<HTMLInputElement>("dest").value.trim(),
+        source,
+        // An empty folder for a model means its own folder under the root, which the server names.
+        ...(dest === "" && MODEL_SOURCE.test(source) ? {} : { dest }),
         priority: Number(element<HTMLInputElement>("priority").value),
       });
-      const view = show((await response.json()) as WireJob);
+      const answer = (await response.json()) as WireJob | WireMulti;
+      const view = "download_parts" in answer ? showMulti(answer) : show(answer);
       announce(`Added ${view.name}`);
       element<HTMLInputElement>("source").value = "";
       element<HTMLInputElement>("source").focus();
