@@ -166,7 +166,7 @@ describe("dlqueue get hf://", () => {
     const cache = fresh("cache");
     const dest = fresh("plain");
     const url = `${hub.url}/org/pipeline/resolve/main/model_index.json`;
-    const finished = await run(["get", "-q", "hf://nobody/nothing", url, "-o", join(dest, "index.json")], {
+    const finished = await run(["get", "-q", "hf://nobody/nothing", url, "-d", dest], {
       env: env({ HF_HUB_CACHE: cache }),
     });
     assert.equal(finished.code, 1, finished.stderr);
@@ -174,7 +174,8 @@ describe("dlqueue get hf://", () => {
     assert.match(finished.stderr, /nobody\/nothing.*HF_TOKEN/s);
     assert.equal(finished.stdout, "", "no path printed for a model that failed");
     assert.deepEqual(readdirSync(cache), [], "nothing in the cache");
-    assert.equal(sha256File(join(dest, "index.json")), pipeline.file("model_index.json")?.sha256);
+    assert.deepEqual(readdirSync(dest), ["model_index.json"], "only the plain URL's file in -d");
+    assert.equal(sha256File(join(dest, "model_index.json")), pipeline.file("model_index.json")?.sha256);
   });
 
   it("a malformed hf:// source is a usage error (exit 2) before anything starts", async () => {
