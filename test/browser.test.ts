@@ -11,6 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { type Browser, chromium } from "playwright-core";
 import { DownloadQueue } from "../src/index.js";
 import { fileSha256, tempDir } from "./helpers/fs.js";
+import { type StandInHub, startHub } from "./helpers/hub.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 import { startService, waitUntil } from "./helpers/service.js";
 import { systemPackage } from "./helpers/system.js";
@@ -328,6 +329,61 @@ describe("the web page in Chromium", { skip: chromiumPackage.skip }, () => {
     assert.equal(await item("done.bin").locator(".stats").textContent(), "100% · 2.0 KiB of 2.0 KiB");
     assert.doesNotMatch((await page.locator("#jobs").textContent()) ?? "", /null|undefined/);
     assert.equal(await fileSha256(join(service.root, "done.bin")), await done.sha256());
+  });
+
+  test("an hf:// model added through the form is one row with a line per part; one submitted elsewhere too", async (t) => {
+    const hub: StandInHub = await startHub();
+    t.after(() => hub.close());
+    const repo = hub.repo("org/pipeline", {
+      files: {
+        "model_index.json": "{}",
+        "unet/diffusion_pytorch_model.safetensors": Buffer.alloc(400_000, 1),
+        "vae/diffusion_pytorch_model.safetensors": Buffer.alloc(100_000, 2),
+      },
+    });
+    hub.cdnBytesPerSec = 400_000;
+    // The service reads the hub's address as the library does; this file runs in a process of its own.
+    process.env.HF_ENDPOINT = hub.url;
+    const service = await startService(t);
+    const page = await browser.newPage({ viewport: { width: 960, height: 720 } });
+    t.after(() => page.close());
+    const errors: string[] = [];
+    page.on("pageerror", (err) => errors.push(err.message));
+    await page.goto(service.base);
+    await page.getByText("No downloads yet.").waitFor();
+
+    await page.getByLabel("URL").fill("hf://org/pipeline");
+    await page.getByLabel("Folder or file").fill("");
+    await page.getByRole("button", { name: "Add download" }).click();
+    const row = page.locator("li.job", {
+      has: page.getByRole("progressbar", { name: "hf://org/pipeline", exact: true }),
+    });
+    await row.getByText("completed").waitFor({ timeout: 10_000 });
+    assert.equal(await page.locator("li.job").count(), 1, "the parts have no rows of their own");
+    assert.deepEqual(await row.locator(".parts li span").allTextContents(), [
+      "model_index.json · done",
+      "unet/diffusion_pytorch_model.safetensors · done",
+      "vae/diffusion_pytorch_model.safetensors · done",
+    ]);
+    assert.equal(await row.locator(".dest").textContent(), `to ${join(service.root, "pipeline")}`);
+    assert.match((await row.locator(".stats").textContent()) ?? "", /^100% · /);
+    for (const file of repo.files()) {
+      assert.equal(await fileSha256(join(service.root, "pipeline", file.path)), file.sha256, file.path);
+    }
+
+    // Submitted by another client: the page learns of it from its parts' events and still shows one row.
+    const other = await service.call("POST", "/api/v1/download_queue/i/", {
+      body: { source: "hf://org/pipeline", dest: "again/", include: ["*.json"] },
+    });
+    assert.equal(other.status, 200, other.text);
+    await page.locator("li.job").nth(1).getByText("completed").waitFor({ timeout: 10_000 });
+    assert.equal(await page.locator("li.job").count(), 2);
+    await page.reload();
+    await page.getByText("Live", { exact: true }).waitFor();
+    await page.locator("li.job .status", { hasText: "completed" }).nth(1).waitFor();
+    assert.equal(await page.locator("li.job").count(), 2, "after a reload too");
+    assert.equal(await page.locator(".parts li").count(), 4, "three parts, then one");
+    assert.deepEqual(errors, []);
   });
 
   test("a job submitted elsewhere and cancelled while the page fetches it ends up cancelled, not running", async (t) => {
