@@ -84,12 +84,12 @@ export async function commitPartial(partialPath: string, finalPath: string, hasS
   } catch (err) {
     throw fsError(err, finalPath);
   }
-  if (hasSidecar) await removeSidecars(finalPath);
+  if (hasSidecar) await removeSidecars(finalPath, partialPath);
 }
 
-export async function discardPartial(finalPath: string): Promise<void> {
-  await removeIfPresent(partialPathOf(finalPath));
-  await removeSidecars(finalPath);
+export async function discardPartial(finalPath: string, partialPath = partialPathOf(finalPath)): Promise<void> {
+  await removeIfPresent(partialPath);
+  await removeSidecars(finalPath, partialPath);
 }
 
 /**

@@ -146,10 +146,13 @@ export async function abandonSegments(partialPath: string, keepPrefix = true): P
   return prefix;
 }
 
-/** Removes both sidecars of a final path's partial. */
-export async function removeSidecars(finalPath: string): Promise<void> {
+/**
+ * Removes both sidecars of a final path's partial. The partial may have a name of its own (a cache's
+ * `blobs/<id>.incomplete`): its ranges sidecar sits beside it, the validators beside the final path.
+ */
+export async function removeSidecars(finalPath: string, partialPath = partialPathOf(finalPath)): Promise<void> {
   await removeIfPresent(finalPath + VALIDATORS_SUFFIX);
-  await removeIfPresent(segmentsPathOf(partialPathOf(finalPath)));
+  await removeIfPresent(segmentsPathOf(partialPath));
 }
 
 /**
@@ -165,8 +168,10 @@ export type PartialOnDisk =
 
 export const NO_PARTIAL: PartialOnDisk = { kind: "none", bytes: 0 };
 
-export async function inspectPartial(finalPath: string): Promise<PartialOnDisk> {
-  const partialPath = partialPathOf(finalPath);
+export async function inspectPartial(
+  finalPath: string,
+  partialPath = partialPathOf(finalPath),
+): Promise<PartialOnDisk> {
   const ranges = await readSegmentState(partialPath);
   if (ranges)
     return { kind: "segmented", bytes: doneBytes(ranges), validators: await readValidators(finalPath), ranges };
@@ -184,9 +189,9 @@ export async function inspectPartial(finalPath: string): Promise<PartialOnDisk> 
 
 /** A segmented partial made a prefix that one stream continues (see abandonSegments). */
 export async function asPrefix(
-  finalPath: string,
+  partialPath: string,
   partial: Extract<PartialOnDisk, { kind: "segmented" }>,
 ): Promise<PartialOnDisk> {
-  const bytes = await abandonSegments(partialPathOf(finalPath));
+  const bytes = await abandonSegments(partialPath);
   return bytes > 0 ? { kind: "prefix", bytes, validators: partial.validators } : NO_PARTIAL;
 }

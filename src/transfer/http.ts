@@ -128,10 +128,14 @@ export async function transfer(
       maxRetryDelayMs: settings.maxRetryDelayMs,
       signal,
       progress: () => file.bytes,
-      classify: (err) => classifyFailure(err, file.downloadPath ? partialPathOf(file.downloadPath) : "the destination"),
+      classify: (err) =>
+        classifyFailure(
+          err,
+          file.partialPath ?? (file.downloadPath ? partialPathOf(file.downloadPath) : "the destination"),
+        ),
       onRetry: (error, delayMs, failures) => file.warnRetry(error, delayMs, failures),
       giveUp: async (error, failures) => {
-        if (file.downloadPath && discardsPartial(error)) await discardPartial(file.downloadPath);
+        if (file.downloadPath && discardsPartial(error)) await discardPartial(file.downloadPath, file.partialPath);
         return error instanceof TransferInterruptedError ? file.gaveUp(error, failures) : error;
       },
     });
@@ -159,6 +163,9 @@ class FileTransfer {
   #unlock: (() => Promise<void>) | undefined;
   /** Where the bytes go: the locked `.downloading` of the final path, or a small file's own partial. */
   #partialPath: string | undefined;
+  get partialPath(): string | undefined {
+    return this.#partialPath;
+  }
   /** A small file's own partial not yet renamed into place: removed when the transfer ends. */
   #ownPartial: string | undefined;
   /** Cleared when the server turns out not to serve ranges properly. */
@@ -223,9 +230,10 @@ class FileTransfer {
     for (let pass = 0; pass < 4; pass++) {
       const path = this.downloadPath;
       if (path) await this.#claim(path);
-      let partial: PartialOnDisk = path ? await inspectPartial(path) : NO_PARTIAL;
+      let partial: PartialOnDisk = path ? await inspectPartial(path, this.#partialPath) : NO_PARTIAL;
       // One stream can only continue a segmented partial's contiguous prefix; segments pick up their own sidecar.
-      if (path && partial.kind === "segmented" && !this.#segmented) partial = await asPrefix(path, partial);
+      if (path && partial.kind === "segmented" && !this.#segmented)
+        partial = await asPrefix(this.#partialPath as string, partial);
       const previous = partial.validators;
       const sameSource = previous?.source === this.req.source;
       const resumable = partial.kind === "prefix" && sameSource;
@@ -249,8 +257,8 @@ class FileTransfer {
       const foreign = path && !finished && partial.kind === "prefix" && !previous ? partial.bytes : 0;
       const from = foreign ? adoptionStart(foreign, this.req.expectedSize) : undefined;
       if (foreign && from === undefined) {
-        this.#startOver(path as string, `it is larger than the expected ${this.req.expectedSize} bytes`);
-        await discardPartial(path as string);
+        this.#startOver(`it is larger than the expected ${this.req.expectedSize} bytes`);
+        await this.#discard(path as string);
         continue;
       }
       const { response, url } = await this.#get(
@@ -300,7 +308,11 @@ class FileTransfer {
             this.#partialPath = this.#ownPartial;
           } else {
             await this.#claim(this.downloadPath);
-            if (response.statusCode < 300 && (await inspectPartial(this.downloadPath)).kind !== "none") continue;
+            if (
+              response.statusCode < 300 &&
+              (await inspectPartial(this.downloadPath, this.#partialPath)).kind !== "none"
+            )
+              continue;
           }
         }
         const finalPath = this.downloadPath as string;
@@ -309,8 +321,8 @@ class FileTransfer {
         if (from !== undefined) {
           const why = this.#adoptionRefused(plan, foreign);
           if (why) {
-            this.#startOver(finalPath, why);
-            await discardPartial(finalPath);
+            this.#startOver(why);
+            await this.#discard(finalPath);
             // A 200 is the whole file from its first byte: it is taken as it comes, as for any partial.
             if (plan.action !== "restart") continue;
           }
@@ -319,15 +331,15 @@ class FileTransfer {
             await response.discard();
             const hash = await this.#hashPrefix(foreign);
             if (hash && hash.digest("hex") !== this.#sha256?.toLowerCase()) {
-              this.#startOver(finalPath, "its sha256 is not the file's");
-              await discardPartial(finalPath);
+              this.#startOver("its sha256 is not the file's");
+              await this.#discard(finalPath);
               continue;
             }
             return await this.#finish(finalPath, foreign, foreign, undefined, false);
           }
         }
         if (plan.action === "refetch") {
-          await discardPartial(finalPath);
+          await this.#discard(finalPath);
           continue;
         }
         if (plan.action === "complete") {
@@ -354,8 +366,8 @@ class FileTransfer {
           // server's, so the file is fetched again rather than failed.
           const foreignBytesWrong = adopting && err instanceof ChecksumMismatchError;
           if (!(err instanceof OverlapMismatchError) && !foreignBytesWrong) throw err;
-          this.#startOver(finalPath, foreignBytesWrong ? "its sha256 is not the file's" : err.message);
-          await discardPartial(finalPath);
+          this.#startOver(foreignBytesWrong ? "its sha256 is not the file's" : err.message);
+          await this.#discard(finalPath);
         }
       } finally {
         // Whatever failed before the body was read (a size check, the disk) must still release the connection.
@@ -388,10 +400,15 @@ class FileTransfer {
     return undefined;
   }
 
+  /** Removes the partial this transfer writes (whatever its name) and its sidecars. */
+  async #discard(finalPath: string): Promise<void> {
+    await discardPartial(finalPath, this.#partialPath);
+  }
+
   /** Says, once per partial, why a partial that another tool left is not continued. */
-  #startOver(finalPath: string, why: string): void {
+  #startOver(why: string): void {
     this.settings.logger.warn(
-      `${this.#partialPath ?? partialPathOf(finalPath)} has no dlqueue sidecar and is not continued: ${why}; ` +
+      `${this.#partialPath} has no dlqueue sidecar and is not continued: ${why}; ` +
         `fetching ${this.req.source} from the start.`,
     );
   }
