@@ -439,7 +439,7 @@ describe("dlqueue get exit codes", () => {
       [["get", "-i", join(dir, "absent.txt")], /cannot read the input file .*absent\.txt: ENOENT/],
       [
         ["get", "-d", dir, "-i", badList],
-        /list\.txt:2: unknown option "out"; the options are dest=, sha256=, priority= and limit-rate=/,
+        /list\.txt:2: unknown option "out"; the options are dest=, sha256=, priority=, limit-rate=, include= and exclude=/,
       ],
       [
         ["get", "-o", join(dir, "one.bin"), route.url, `${route.url}?v=2`],
