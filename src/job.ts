@@ -51,18 +51,36 @@ export class DownloadJob {
   }
 }
 
+/** Where a model job's files came from (queue.modelDownload()); absent on a plain multi-file job. */
+export interface ModelOrigin {
+  /** The model source, canonical: `hf://org/repo@rev/path`, `civitai://models/ID@VERSION`. */
+  source: string;
+  /** hf:// only: the commit every file comes from. */
+  commit?: string;
+  /** hf:// only: the `snapshots/<commit>` folder in the cache, or the dest folder. */
+  snapshotPath?: string;
+}
+
 /** Several files under one root (a diffusers model); its state is derived from its parts. */
 export class MultiFileDownloadJob {
   status: DownloadJobStatus = DownloadJobStatus.Waiting;
   errorType: string | undefined;
   error: string | undefined;
+  readonly source: string | undefined;
+  readonly commit: string | undefined;
+  readonly snapshotPath: string | undefined;
 
   constructor(
     readonly id: number,
     readonly dest: string,
     readonly downloadPath: string,
     readonly downloadParts: readonly DownloadJob[],
-  ) {}
+    origin?: ModelOrigin,
+  ) {
+    this.source = origin?.source;
+    this.commit = origin?.commit;
+    this.snapshotPath = origin?.snapshotPath;
+  }
 
   get bytes(): number {
     return this.downloadParts.reduce((sum, part) => sum + part.bytes, 0);

@@ -1,11 +1,12 @@
 import { EventEmitter } from "node:events";
 import { stat } from "node:fs/promises";
-import { join, resolve, sep } from "node:path";
+import { basename, join, resolve, sep } from "node:path";
 import type { Dispatcher } from "undici";
 import { DlqError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
+import { finishSnapshot, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
 import { discardPartial, partialsIn } from "./files/partial.js";
 import { PriorityHeap } from "./heap.js";
-import { DownloadJob, DownloadJobStatus, MultiFileDownloadJob } from "./job.js";
+import { DownloadJob, DownloadJobStatus, type ModelOrigin, MultiFileDownloadJob } from "./job.js";
 import { LeaderIndex } from "./leaders.js";
 import { type Logger, redact } from "./logger.js";
 import type {
@@ -13,9 +14,11 @@ import type {
   DownloadQueueOptions,
   DownloadRequest,
   EventBus,
+  ModelDownloadRequest,
   MultiFileDownloadRequest,
 } from "./options.js";
 import { CallbackSharing, Interruption, JobRuntime, MultiRuntime, pickCallbacks, settled } from "./runtime.js";
+import { modelPartToken, planModel } from "./sources/model.js";
 import { fileJobOf, fileRecord, multiJobOf, multiRecord } from "./store/records.js";
 import { SqliteJobStore } from "./store/sqlite.js";
 import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
@@ -96,37 +99,106 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   multifileDownload(request: MultiFileDownloadRequest): MultiFileDownloadJob {
     this.#assertOpen();
     const { dest, parts } = checkMultiFileRequest(request);
-    const limiter = rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
-    const id = this.#store.nextId();
     const roots = new Set(parts.map((part) => part.path.split("/")[0]));
     const root =
       roots.size === 1 && parts.every((part) => part.path.includes("/")) ? join(dest, [...roots][0] as string) : dest;
+    const withToken = parts.map((part) => ({ ...part, accessToken: request.accessToken }));
+    return this.#multi(request, dest, root, withToken, undefined, undefined);
+  }
+
+  /**
+   * Queues a model by its id: `hf://ORG/REPO[@REV][/PATH]` (the files of one commit, into `dest` or the Hugging Face
+   * cache) or a Civitai model version (into `dest`). Resolves once the source is resolved and its files are queued,
+   * as one MultiFileDownloadJob whose parts carry the hub's sha256 and size; rejects, before anything is written,
+   * when the repo, revision or path does not exist, access is refused, or no file matches. In the cache, blobs
+   * already complete are not fetched again, and the snapshot and the ref are written as huggingface_hub writes them.
+   */
+  async modelDownload(request: ModelDownloadRequest): Promise<MultiFileDownloadJob> {
+    this.#assertOpen();
+    const plan = await planModel(request);
+    this.#assertOpen();
+    const { dest, parts } = checkMultiFileRequest({
+      dest: plan.dest,
+      parts: plan.parts.map((part) => ({ url: part.url, path: part.path, sha256: part.sha256, size: part.size })),
+    });
+    const checked = parts.map((part, i) => ({
+      ...part,
+      accessToken: plan.parts[i]?.accessToken,
+      complete: plan.parts[i]?.complete,
+    }));
+    return this.#multi(request, dest, plan.downloadPath, checked, plan.origin, plan.snapshotPlan);
+  }
+
+  #multi(
+    request: MultiFileDownloadRequest | ModelDownloadRequest,
+    dest: string,
+    root: string,
+    parts: { source: string; path: string; sha256?: string; size?: number; accessToken?: string; complete?: boolean }[],
+    origin: ModelOrigin | undefined,
+    snapshotPlan: SnapshotPlan | undefined,
+  ): MultiFileDownloadJob {
+    const limiter = rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
+    const id = this.#store.nextId();
     const multi = new MultiRuntime(
-      new MultiFileDownloadJob(id, dest, root, []),
+      new MultiFileDownloadJob(id, dest, root, [], origin),
       pickCallbacks(request),
       jobOptions(request),
       limiter,
+      snapshotPlan,
     );
     for (const part of parts) {
-      const runtime = this.#submit(
-        {
-          source: part.source,
-          dest: join(dest, part.path),
-          priority: request.priority,
-          accessToken: request.accessToken,
-          headers: request.headers,
-          sha256: part.sha256,
-          size: part.size,
-          overwrite: request.overwrite,
-        },
-        { exactPath: true, parent: multi },
+      const partRequest: DownloadRequest = {
+        source: part.source,
+        dest: join(dest, part.path),
+        priority: request.priority,
+        accessToken: part.accessToken,
+        headers: "headers" in request ? request.headers : undefined,
+        sha256: part.sha256,
+        size: part.size,
+        overwrite: request.overwrite,
+      };
+      multi.parts.push(
+        part.complete
+          ? this.#alreadyComplete(partRequest, multi)
+          : this.#submit(partRequest, { exactPath: true, parent: multi }),
       );
-      multi.parts.push(runtime);
     }
     (multi.job.downloadParts as DownloadJob[]).push(...multi.parts.map((runtime) => runtime.job));
     this.#multiJobs.set(id, multi);
-    this.#persistMulti(multi);
+    if (multi.parts.every((part) => part.job.status === DownloadJobStatus.Completed)) {
+      this.#settleMulti(multi, DownloadJobStatus.Completed);
+    } else {
+      this.#persistMulti(multi);
+    }
     return multi.job;
+  }
+
+  /** A part whose file is already in place (a cached blob): listed, completed, never fetched. */
+  #alreadyComplete(request: DownloadRequest, parent: MultiRuntime): JobRuntime {
+    const { source, dest, priority, sha256, size } = checkRequest(request);
+    const job = new DownloadJob(this.#store.nextId(), source, this.#resolveDest(dest), priority, sha256, size);
+    const runtime = this.#track(
+      job,
+      {},
+      {
+        headers: undefined,
+        accessToken: undefined,
+        destIsFolder: false,
+        exactPath: true,
+        parent,
+        limiter: parent.limiter,
+        overwrite: request.overwrite,
+      },
+    );
+    Object.assign(job, {
+      status: DownloadJobStatus.Completed,
+      downloadPath: job.dest,
+      bytes: size ?? 0,
+      totalBytes: size ?? 0,
+      jobEnded: new Date(),
+    });
+    this.#persist(runtime);
+    return runtime;
   }
 
   /** Every DownloadJob this queue knows, multi-file parts included, until pruned. */
@@ -308,9 +380,9 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
    */
   #restore(stored: StoredJob[]): void {
     for (const record of stored.filter((r) => r.kind === "multi")) {
-      const { job, options } = multiJobOf(record);
+      const { job, options, snapshotPlan } = multiJobOf(record);
       const limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
-      this.#multiJobs.set(record.id, new MultiRuntime(job, {}, options, limiter));
+      this.#multiJobs.set(record.id, new MultiRuntime(job, {}, options, limiter, snapshotPlan));
     }
     for (const record of stored.filter((r) => r.kind === "file")) {
       const { job, extras } = fileJobOf(record);
@@ -320,7 +392,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
         {},
         {
           headers: extras.headers,
-          accessToken: undefined,
+          accessToken: parent?.job.source === undefined ? undefined : modelPartToken(parent.job.source, job.source),
           destIsFolder: extras.destIsFolder,
           exactPath: parent !== undefined,
           parent,
@@ -353,7 +425,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   }
 
   #persistMulti(multi: MultiRuntime): void {
-    this.#store.put(multiRecord(multi.job, multi.parts[0]?.priority ?? 10, multi.options));
+    this.#store.put(multiRecord(multi.job, multi.parts[0]?.priority ?? 10, multi.options, multi.snapshotPlan));
   }
 
   /** Queues a new job, or attaches it to the job already fetching the same URL into the same place. */
@@ -490,6 +562,13 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       job.downloadPath = result.downloadPath;
       job.bytes = result.bytes;
       job.totalBytes = result.totalBytes;
+      const plan = runtime.parent?.snapshotPlan;
+      if (plan) {
+        // A cache-mode part is a blob: its snapshot paths link to it once it is whole; the last part writes the ref.
+        // No await between that check and this part's settling below, so exactly one part sees all others completed.
+        await linkBlob(plan, basename(job.dest));
+        if (this.#othersCompleted(runtime)) await finishSnapshot(plan);
+      }
       this.#progress(runtime, true);
       this.#settle(runtime, DownloadJobStatus.Completed);
     } catch (err) {
@@ -502,6 +581,11 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     } finally {
       runtime.controller = undefined;
     }
+  }
+
+  #othersCompleted(runtime: JobRuntime): boolean {
+    const parts = runtime.parent?.parts ?? [];
+    return parts.every((part) => part === runtime || part.job.status === DownloadJobStatus.Completed);
   }
 
   async #interrupted(runtime: JobRuntime, to: Interruption["to"]): Promise<void> {

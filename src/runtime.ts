@@ -2,6 +2,7 @@
  * What the in-process queue carries for a job besides the job itself: its callbacks, credentials, the transfer it
  * shares, its abort controller and its waiters. None of it is job state: the queue alone writes that.
  */
+import type { SnapshotPlan } from "./files/hf-cache.js";
 import type { DownloadJob, MultiFileDownloadJob } from "./job.js";
 import type { DownloadCallbacks, JobOptions } from "./options.js";
 import type { RateLimiter } from "./transfer/rate.js";
@@ -121,5 +122,7 @@ export class MultiRuntime {
     readonly options: JobOptions,
     /** The job's rate limit, shared by its parts. */
     readonly limiter: RateLimiter | undefined,
+    /** A model job into the Hugging Face cache: each part is a blob, linked into the snapshot once complete. */
+    readonly snapshotPlan: SnapshotPlan | undefined,
   ) {}
 }

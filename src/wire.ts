@@ -23,6 +23,10 @@ export interface WireJob {
 
 export interface WireMultiFileJob {
   id: number;
+  /** A model job's source (queue.modelDownload()), with the commit and snapshot folder of an hf:// one. */
+  source?: string;
+  commit?: string;
+  snapshot_path?: string;
   dest: string;
   status: DownloadJobStatus;
   download_path: string;
@@ -53,6 +57,9 @@ export function jobToWire(job: DownloadJob): WireJob {
 export function multiJobToWire(job: MultiFileDownloadJob): WireMultiFileJob {
   return withoutUndefined({
     id: job.id,
+    source: job.source,
+    commit: job.commit,
+    snapshot_path: job.snapshotPath,
     dest: job.dest,
     status: job.status,
     download_path: job.downloadPath,
@@ -86,6 +93,10 @@ export interface RestJob {
 
 export interface RestMultiFileJob {
   id: number;
+  /** A model job's (not InvokeAI fields: present only when set). */
+  source?: string;
+  commit?: string;
+  snapshot_path?: string;
   dest: string;
   status: DownloadJobStatus;
   download_path: string;
@@ -117,6 +128,9 @@ export function jobToRest(job: DownloadJob): RestJob {
 export function multiJobToRest(job: MultiFileDownloadJob): RestMultiFileJob {
   return {
     id: job.id,
+    ...(job.source === undefined ? {} : { source: job.source }),
+    ...(job.commit === undefined ? {} : { commit: job.commit }),
+    ...(job.snapshotPath === undefined ? {} : { snapshot_path: job.snapshotPath }),
     dest: job.dest,
     status: job.status,
     download_path: job.downloadPath,

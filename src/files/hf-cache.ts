@@ -268,3 +268,26 @@ export async function cachedSnapshotFile(
     return false;
   }
 }
+
+/**
+ * A snapshot being filled by a queued job: which repo paths each blob becomes, so each path can be linked as soon
+ * as its blob is complete, and the ref written once every one is. Kept in the job store, so a job restored after a
+ * crash still links what it fetches.
+ */
+export interface SnapshotPlan {
+  folder: string;
+  revision: string;
+  commit: string;
+  /** blobId → the repo paths with that content (two paths, one blob: one transfer, both linked). */
+  links: Record<string, string[]>;
+}
+
+/** Links every snapshot path of a blob that is now complete. */
+export async function linkBlob(plan: SnapshotPlan, blobId: string): Promise<void> {
+  for (const path of plan.links[blobId] ?? []) await linkSnapshot(plan.folder, plan.commit, path, blobId);
+}
+
+/** Every blob is linked: the revision may now point at the commit (huggingface_hub writes the ref last too). */
+export async function finishSnapshot(plan: SnapshotPlan): Promise<void> {
+  await writeRef(plan.folder, plan.revision, plan.commit);
+}

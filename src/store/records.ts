@@ -2,6 +2,7 @@
  * Jobs as a store keeps them and back: the one mapping between DownloadJob / MultiFileDownloadJob and StoredJob.
  * Never a secret: a token is found again through the `tokens` rules, and credential headers are not kept.
  */
+import type { SnapshotPlan } from "../files/hf-cache.js";
 import { DownloadJob, MultiFileDownloadJob } from "../job.js";
 import type { JobOptions } from "../options.js";
 import { CREDENTIAL_HEADERS } from "../transfer/http.js";
@@ -46,10 +47,19 @@ export function fileRecord(job: DownloadJob, extras: FileJobExtras): StoredJob {
 }
 
 /** `priority` is its parts' (a multi-file job has none of its own). */
-export function multiRecord(job: MultiFileDownloadJob, priority: number, options: JobOptions): StoredJob {
+export function multiRecord(
+  job: MultiFileDownloadJob,
+  priority: number,
+  options: JobOptions,
+  snapshotPlan: SnapshotPlan | undefined,
+): StoredJob {
   return {
     id: job.id,
     kind: "multi",
+    source: job.source,
+    commit: job.commit,
+    snapshotPath: job.snapshotPath,
+    snapshotPlan,
     dest: job.dest,
     priority,
     status: job.status,
@@ -93,10 +103,22 @@ export function fileJobOf(record: StoredJob): { job: DownloadJob; extras: FileJo
 }
 
 /** The job without its parts: they are file records of their own, restored after it. */
-export function multiJobOf(record: StoredJob): { job: MultiFileDownloadJob; options: JobOptions } {
-  const job = new MultiFileDownloadJob(record.id, record.dest, record.downloadPath ?? record.dest, []);
+export function multiJobOf(record: StoredJob): {
+  job: MultiFileDownloadJob;
+  options: JobOptions;
+  snapshotPlan: SnapshotPlan | undefined;
+} {
+  const origin =
+    record.source === undefined
+      ? undefined
+      : { source: record.source, commit: record.commit, snapshotPath: record.snapshotPath };
+  const job = new MultiFileDownloadJob(record.id, record.dest, record.downloadPath ?? record.dest, [], origin);
   Object.assign(job, { status: record.status, errorType: record.errorType, error: record.error });
-  return { job, options: { maxBytesPerSecond: record.maxBytesPerSecond, overwrite: record.overwrite } };
+  return {
+    job,
+    options: { maxBytesPerSecond: record.maxBytesPerSecond, overwrite: record.overwrite },
+    snapshotPlan: record.snapshotPlan,
+  };
 }
 
 function withoutCredentials(headers: Record<string, string> | undefined): Record<string, string> | undefined {

@@ -1,3 +1,4 @@
+import type { SnapshotPlan } from "../files/hf-cache.js";
 import type { DownloadJobStatus } from "../job.js";
 
 /**
@@ -31,6 +32,11 @@ export interface StoredJob {
   maxBytesPerSecond?: number;
   /** Fetch even when the final file is already complete. */
   overwrite?: boolean;
+  /** A model job's commit and snapshot folder (its model source is `source`). */
+  commit?: string;
+  snapshotPath?: string;
+  /** A model job into the Hugging Face cache: what to link as its blobs complete. */
+  snapshotPlan?: SnapshotPlan;
 }
 
 /**
