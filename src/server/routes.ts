@@ -2,6 +2,7 @@
  * InvokeAI's `download_queue` router (same paths, bodies and status codes), plus multi-file jobs, pause/resume and
  * the event stream. Mounted under API_PREFIX.
  */
+import { resolve } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { DlqError } from "../errors.js";
 import { MultiFileDownloadJob } from "../job.js";
@@ -131,7 +132,8 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
     await checkSource(model === "hf" ? hfEndpoint() : civitaiEndpoint(), policy);
     // A folder, so the repo's tree goes under it; the default keeps two models' files apart.
     const folder = body.dest ?? (model === "hf" ? `${parseHfSource(body.source).repoId.split("/").at(-1)}/` : "");
-    const dest = await resolveDest(root, folder);
+    // Always a folder for a model; the trailing "/" that tells the queue so for a URL would only blur snapshot_path.
+    const dest = resolve(await resolveDest(root, folder));
     const job = await queue.modelDownload({
       source: body.source,
       dest,
