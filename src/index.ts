@@ -13,6 +13,7 @@ export type {
 } from "./options.js";
 export { ConsoleProgress } from "./progress/console.js";
 export { DownloadQueue } from "./queue.js";
+export * from "./sources/errors.js";
 export { isModelSource } from "./sources/model.js";
 export type {
   QueueEventName,
