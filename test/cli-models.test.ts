@@ -4,7 +4,7 @@
  * `npm run build` first.
  */
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { execFileSync, spawn } from "node:child_process";
 import { createHash } from "node:crypto";
 import {
   existsSync,
@@ -22,6 +22,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { type StandInCivitai, startCivitai } from "./helpers/civitai.js";
 import { type HubRepo, type StandInHub, startHub } from "./helpers/hub.js";
+import { systemPackage } from "./helpers/system.js";
 
 const CLI = fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
 
@@ -226,6 +227,49 @@ describe("dlqueue get hf://", () => {
     for (const request of hub.cdnRequests()) assert.equal(request.authorization, undefined, request.url);
     assert.ok(hub.hubRequests().some((request) => request.authorization === `Bearer ${token}`));
     assert.ok(!`${granted.stdout}${granted.stderr}`.includes(token));
+  });
+});
+
+const utilLinuxScript = systemPackage(
+  "util-linux's `script`",
+  "util-linux",
+  (() => {
+    try {
+      return execFileSync("script", ["--version"], { encoding: "utf8" }).includes("util-linux");
+    } catch {
+      return false;
+    }
+  })(),
+);
+
+describe("dlqueue get hf:// on a terminal", { skip: utilLinuxScript.skip }, () => {
+  it("bars name the parts by repo path (not the cache blob), the total line names the model", async () => {
+    utilLinuxScript.require();
+    const cache = fresh("cache");
+    hub.cdnBytesPerSec = 1_000_000;
+    const quote = (word: string) => `'${word.replaceAll("'", `'\\''`)}'`;
+    const command = `stty cols 150 rows 40 && exec ${[process.execPath, CLI, "get", "hf://org/pipeline"].map(quote).join(" ")}`;
+    const child = spawn("script", ["-qfec", command, "/dev/null"], {
+      cwd: work,
+      env: env({ HF_HUB_CACHE: cache }),
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    let screen = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      screen += chunk;
+    });
+    const code = await new Promise((done) => child.on("close", done));
+    hub.cdnBytesPerSec = undefined;
+    assert.equal(code, 0, screen);
+    // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping terminal escape sequences is the point
+    const text = screen.replace(/\u001b(?:\[[0-9;?]*[A-Za-z]|[78])/g, "");
+    // A bar's last line ends "done in …"; the summary's rows do not.
+    // Long names are cut in the middle, so the folder and the extension stay.
+    assert.match(text, /unet\/diffusion_p\S*\.safetensors +\[.*done in/);
+    assert.match(text, /vae\/config\.json +\[.*done in/);
+    assert.match(text, /hf:\/\/org\/pipeline 7\/7 done/);
+    const blob = pipeline.file("unet/diffusion_pytorch_model.safetensors")?.sha256 ?? "";
+    assert.ok(!text.includes(blob.slice(0, 12)), "no bar named by the blob's hash");
   });
 });
 

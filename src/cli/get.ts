@@ -372,7 +372,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   const total = bars ? new TotalLine(jobs, resumedFrom, startedAt, title) : undefined;
   /** A model's parts are named by their path in the repo (their file may be a blob named by its hash). */
   const names = new Map<number, string>();
-  const progress = bars ? new ConsoleProgress() : undefined;
+  const progress = bars ? new ConsoleProgress(names) : undefined;
   const plain = plainLines ? new PlainProgress((line) => out(`${line}\n`), names) : undefined;
   const started = (job: DownloadJob) => {
     resumedFrom.set(job.id, job.bytes);

@@ -15,6 +15,12 @@ import { SpeedMeter } from "./speed.js";
  */
 export class ConsoleProgress {
   readonly #lines = new Map<number, JobLine>();
+  readonly #names: ReadonlyMap<number, string> | undefined;
+
+  /** `names`: what to call a job other than its file's name (a model's part, whose file may be a cache blob). */
+  constructor(names?: ReadonlyMap<number, string>) {
+    this.#names = names;
+  }
 
   /** An arrow property, so `progress.update` can be handed over as a callback without binding. */
   readonly update = (job: DownloadJob | MultiFileDownloadJob): void => {
@@ -23,7 +29,7 @@ export class ConsoleProgress {
     if (!line || line.final() !== undefined) {
       // A job is only drawn while it runs; a paused job that runs again gets a fresh bar.
       if (job.status !== "running") return;
-      line = new JobLine(job);
+      line = new JobLine(job, this.#names?.get(job.id));
       this.#lines.set(job.id, line);
       showLine(line);
     }
@@ -40,14 +46,17 @@ class JobLine implements BoardLine {
   /** Bytes already on disk when this bar appeared (a resumed partial): not part of this run's speed. */
   readonly #startBytes: number;
 
-  constructor(job: ProgressJob) {
+  readonly #given: string | undefined;
+
+  constructor(job: ProgressJob, name?: string) {
     this.#job = job;
+    this.#given = name;
     this.#startBytes = job.bytes;
   }
 
   get #name(): string {
     const job = this.#job;
-    return basename(job.downloadPath ?? job.dest);
+    return this.#given ?? basename(job.downloadPath ?? job.dest);
   }
 
   render(width: number): string {
