@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { writeFile } from "node:fs/promises";
+import { mkdir, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type DownloadJob, DownloadQueue, type DownloadQueueOptions } from "../src/index.js";
@@ -237,6 +237,22 @@ describe("partials from other tools", () => {
       `the start is fetched again: ${ranges(route).join(", ")}`,
     );
     assert.equal(await fileSha256(final), await route.sha256());
+  });
+
+  test("a huggingface_hub partial, blobs/<sha256>.incomplete, is adopted and becomes the blob", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/adopt/hf-blob", { size: SIZE });
+    const sha256 = await route.sha256();
+    const blobs = join(dest, "models--org--repo", "blobs");
+    await mkdir(blobs, { recursive: true });
+    const blob = join(blobs, sha256);
+    await writeFile(`${blob}.incomplete`, route.content().subarray(0, 400_000));
+    const { job } = await runOne({ source: route.url, dest: blob, size: SIZE, sha256 });
+    assert.equal(job.status, "completed", job.error);
+    assert.deepEqual(ranges(route), [`bytes=${400_000 - OVERLAP_BYTES}-`]);
+    assert.equal(route.bodyBytes, SIZE - 400_000 + OVERLAP_BYTES);
+    assert.equal(await fileSha256(blob), sha256);
+    assert.deepEqual(await listFiles(dest), [join("models--org--repo", "blobs", sha256)]);
   });
 });
 
