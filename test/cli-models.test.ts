@@ -179,6 +179,53 @@ describe("dlqueue get hf://", () => {
     assert.equal(sha256File(join(dest, "model_index.json")), pipeline.file("model_index.json")?.sha256);
   });
 
+  it("SIGKILL mid-download, then the same command resumes the blob with a Range request and completes", async () => {
+    const cache = fresh("cache");
+    const runEnv = env({ HF_HUB_CACHE: cache });
+    const big = pipeline.file("unet/diffusion_pytorch_model.safetensors");
+    assert.ok(big);
+    hub.cdnBytesPerSec = 200_000;
+    const child = spawn(process.execPath, [CLI, "get", "--json", "hf://org/pipeline"], {
+      cwd: work,
+      env: runEnv,
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    let stdout = "";
+    await new Promise<void>((done) => {
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        stdout += chunk;
+        const moved = stdout
+          .split("\n")
+          .filter((line) => line.startsWith("{"))
+          .map((line) => JSON.parse(line) as { event: string; source?: string; current_bytes?: number })
+          .some(
+            (line) =>
+              line.event === "download_progress" &&
+              line.source?.endsWith(big.path) === true &&
+              (line.current_bytes ?? 0) > 50_000,
+          );
+        if (moved) done();
+      });
+    });
+    const exited = new Promise((done) => child.on("close", done));
+    child.kill("SIGKILL");
+    await exited;
+    hub.cdnBytesPerSec = undefined;
+    assert.ok(!existsSync(join(cache, "models--org--pipeline", "snapshots", pipeline.head(), big.path)));
+
+    hub.resetRequests();
+    const again = await run(["get", "-q", "hf://org/pipeline"], { env: runEnv });
+    assert.equal(again.code, 0, again.stderr);
+    const snapshot = join(cache, "models--org--pipeline", "snapshots", pipeline.head());
+    assert.equal(again.stdout, `${snapshot}\n`);
+    assertTree(snapshot, pipeline);
+    const bigRequests = hub.cdnRequests().filter((r) => r.method === "GET" && r.url.includes(big.sha256));
+    assert.ok(
+      bigRequests.length > 0 && bigRequests.every((r) => r.range !== undefined && !/^bytes=0-/.test(r.range)),
+      `the big blob resumed: ${JSON.stringify(bigRequests.map((r) => r.range))}`,
+    );
+  });
+
   it("a malformed hf:// source is a usage error (exit 2) before anything starts", async () => {
     const finished = await run(["get", "hf://just-a-name"]);
     assert.equal(finished.code, 2);
