@@ -234,6 +234,13 @@ describe("dlqueue get hf://", () => {
       hub.bodyRequests().filter((r) => r.url.includes("just-a-name")),
       [],
     );
+    const url = `${hub.url}/org/pipeline/resolve/main/README.md`;
+    const include = await run(["get", url, "--include", "*.json"]);
+    assert.equal(include.code, 2);
+    assert.match(include.stderr, /--include and --exclude pick the files of hf:\/\/ sources/);
+    const allFiles = await run(["get", "hf://org/pipeline", "--all-files"]);
+    assert.equal(allFiles.code, 2);
+    assert.match(allFiles.stderr, /--all-files is for Civitai sources/);
   });
 
   it("-i: model lines with dest= and include=, among plain URLs", async () => {

@@ -722,6 +722,13 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
     }
   }
   if (plan.length === 0) usage("no URL given: pass one or more URLs, or --input-file FILE (- for stdin).");
+  // Flags that would change nothing are refused: whoever gave them expected them to pick files.
+  if ((options.include || options.exclude) && !plan.some((item) => item.model === "hf")) {
+    usage("--include and --exclude pick the files of hf:// sources, and none was given.");
+  }
+  if (options.allFiles && !plan.some((item) => item.model === "civitai")) {
+    usage("--all-files is for Civitai sources, and none was given.");
+  }
   return plan;
 }
 
