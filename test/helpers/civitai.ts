@@ -50,6 +50,8 @@ export interface StandInCivitai {
   /** The API key that opens `requireToken` versions. */
   token: string;
   addModel(spec: CivitaiModelSpec): void;
+  /** Flip the first byte of what the CDN sends for this file (its published SHA256 stays the right one). */
+  corrupt(sha256: string): void;
   close(): Promise<void>;
 }
 
@@ -57,6 +59,7 @@ export async function startCivitai(token = "civitai-test-key"): Promise<StandInC
   const models = new Map<number, CivitaiModelSpec>();
   const versions = new Map<number, { model: CivitaiModelSpec; version: CivitaiVersionSpec; files: StoredFile[] }>();
   const bySha = new Map<string, StoredFile>();
+  const corrupted = new Set<string>();
   const requests: StandInCivitai["requests"] = [];
   let nextFileId = 1000;
   let url = "";
@@ -191,7 +194,10 @@ export async function startCivitai(token = "civitai-test-key"): Promise<StandInC
       res.end();
       return;
     }
-    serveBytes(req, res, file.bytes, { "Content-Disposition": `attachment; filename="${file.name}"` }).catch(() =>
+    const bytes = corrupted.has(file.sha256)
+      ? Buffer.from(file.bytes).fill((file.bytes[0] ?? 0) ^ 0xff, 0, 1)
+      : file.bytes;
+    serveBytes(req, res, bytes, { "Content-Disposition": `attachment; filename="${file.name}"` }).catch(() =>
       res.destroy(),
     );
   });
@@ -219,6 +225,9 @@ export async function startCivitai(token = "civitai-test-key"): Promise<StandInC
         });
         versions.set(version.id, { model: spec, version, files });
       }
+    },
+    corrupt(sha256) {
+      corrupted.add(sha256);
     },
     async close() {
       await Promise.all(
