@@ -289,6 +289,49 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
   });
 });
 
+describe("queue.modelDownload() restored from a store", () => {
+  test("a gated repo's job stopped mid-blob comes back with its source, commit and plan, takes HF_TOKEN from the environment again (never from the store) and finishes", async (t) => {
+    const dir = await tempDir(t);
+    const root = join(dir, "cache");
+    const store = join(dir, "queue.db");
+    const weights = randomBytes(1_500_000);
+    const gated = hub.repo("org/gated-restart", { gated: "manual", files: { "model.safetensors": weights } });
+    gated.grant("hf_restart");
+    process.env.HF_TOKEN = "hf_restart";
+    t.after(() => delete process.env.HF_TOKEN);
+    hub.cdnBytesPerSec = 1_000_000;
+    t.after(() => {
+      hub.cdnBytesPerSec = undefined;
+    });
+    const first = new DownloadQueue({ store, logger: quiet });
+    const job = await first.modelDownload({ source: "hf://org/gated-restart", cache: root });
+    await new Promise<void>((resolve) => {
+      first.on("download_progress", (p) => {
+        if (p.current_bytes >= 200_000) resolve();
+      });
+    });
+    await first.stop();
+    assert.equal(job.status, "waiting");
+    assert.ok(!(await readFile(store)).includes("hf_restart"), "no token in the store");
+
+    hub.cdnBytesPerSec = undefined;
+    hub.resetRequests();
+    const second = new DownloadQueue({ store, logger: quiet });
+    t.after(() => second.stop());
+    const restored = second.listMultifileJobs()[0] as MultiFileDownloadJob;
+    assert.equal(restored.source, "hf://org/gated-restart");
+    assert.equal(restored.commit, gated.head());
+    await second.waitForJob(restored);
+    assert.equal(restored.status, "completed", restored.error);
+    const folder = repoCacheFolder(root, "model", "org/gated-restart");
+    assert.deepEqual(await readFile(snapshotPath(folder, gated.head(), "model.safetensors")), weights);
+    assert.equal(await readRef(folder, "main"), gated.head());
+    assert.ok(hub.hubRequests().every((r) => r.authorization === "Bearer hf_restart"));
+    assert.ok(hub.cdnRequests().every((r) => r.authorization === undefined));
+    assert.match(hub.cdnRequests()[0]?.range ?? "", /^bytes=[1-9]\d*-$/, "resumed");
+  });
+});
+
 describe("queue.modelDownload(): Civitai", () => {
   const weights = randomBytes(150_000);
   before(() => {
