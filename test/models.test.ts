@@ -274,6 +274,20 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
     assert.equal(queue.listJobs().length, 0);
   });
 
+  test("requests that cannot be right are refused before the hub is asked anything", async (t) => {
+    const queue = newQueue(t);
+    hub.resetRequests();
+    const refusals: Array<[Parameters<DownloadQueue["modelDownload"]>[0], RegExp]> = [
+      [{ source: "hf://org/pipeline", include: "*.json" as unknown as string[] }, /include must be a list/],
+      [{ source: "hf://org/pipeline", dest: "x", cache: "/y" }, /not both/],
+      [{ source: "hf://org/pipeline", allFiles: true }, /allFiles is for Civitai/],
+      [{ source: "https://example.com/model.bin", dest: "x" }, /not a model source/],
+      [{ source: "hf://org" }, /ORG\/REPO/],
+    ];
+    for (const [request, message] of refusals) await assert.rejects(queue.modelDownload(request), message);
+    assert.deepEqual(hub.requests, []);
+  });
+
   test("one file of a repo: a multi-file job of one part, under its repo path", async (t) => {
     const root = await tempDir(t);
     const queue = newQueue(t);

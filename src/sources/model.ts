@@ -75,6 +75,15 @@ export async function planModel(request: ModelDownloadRequest, env: Env = proces
       "Give dest (a folder for the files) or cache (the Hugging Face cache root), not both.",
     );
   }
+  for (const name of ["include", "exclude"] as const) {
+    const patterns = request[name];
+    if (patterns !== undefined && (!Array.isArray(patterns) || patterns.some((p) => typeof p !== "string"))) {
+      throw new InvalidArgumentError(`${name} must be a list of patterns such as ["*.safetensors", "unet/*"].`);
+    }
+  }
+  if (request.cache !== undefined && typeof request.cache !== "string" && typeof request.cache !== "boolean") {
+    throw new InvalidArgumentError("cache must be a path to the Hugging Face cache root, or true.");
+  }
   if (isHfSource(source)) return planHf(request, env);
   if (isModelSource(source, env)) return planCivitai(request, env);
   throw new InvalidArgumentError(
