@@ -3,7 +3,7 @@ import { stat } from "node:fs/promises";
 import { basename, join, resolve, sep } from "node:path";
 import type { Dispatcher } from "undici";
 import { DlqError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
-import { finishSnapshot, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
+import { finishSnapshot, incompleteBlobPath, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
 import { discardPartial, partialsIn } from "./files/partial.js";
 import { PriorityHeap } from "./heap.js";
 import { DownloadJob, DownloadJobStatus, type ModelOrigin, MultiFileDownloadJob } from "./job.js";
@@ -529,6 +529,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
           dest: job.dest,
           destIsFolder,
           downloadPath: job.downloadPath ?? (destIsFolder ? await this.#partialFor(job) : undefined),
+          partialPath: this.#partialPathOf(runtime),
           accessToken: runtime.accessToken,
           headers: runtime.headers,
           expectedSize: job.size,
@@ -583,6 +584,15 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }
   }
 
+  /**
+   * A cache-mode part is a blob: its partial is `<blob>.incomplete`, the name huggingface_hub resumes, so either
+   * tool continues the other's. Said by the job's snapshot plan, which a restored job gets back from the store.
+   */
+  #partialPathOf(runtime: JobRuntime): string | undefined {
+    const plan = runtime.parent?.snapshotPlan;
+    return plan ? incompleteBlobPath(plan.folder, basename(runtime.job.dest)) : undefined;
+  }
+
   #othersCompleted(runtime: JobRuntime): boolean {
     const parts = runtime.parent?.parts ?? [];
     return parts.every((part) => part === runtime || part.job.status === DownloadJobStatus.Completed);
@@ -599,7 +609,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       return;
     }
     if (to === "cancelled") {
-      if (runtime.job.downloadPath) await discardPartial(runtime.job.downloadPath);
+      if (runtime.job.downloadPath) await discardPartial(runtime.job.downloadPath, this.#partialPathOf(runtime));
       this.#settle(runtime, DownloadJobStatus.Cancelled);
       return;
     }
@@ -649,7 +659,9 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     // Waiting (or paused): no transfer to stop; its heap entry is skipped when popped.
     if (job.downloadPath) {
       const path = job.downloadPath;
-      discardPartial(path).catch((err) => this.#logger.warn(`could not delete the partial of ${path}: ${err}`));
+      discardPartial(path, this.#partialPathOf(runtime)).catch((err) =>
+        this.#logger.warn(`could not delete the partial of ${path}: ${err}`),
+      );
     }
     this.#settle(runtime, DownloadJobStatus.Cancelled);
   }

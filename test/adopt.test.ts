@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { mkdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { type DownloadJob, DownloadQueue, type DownloadQueueOptions } from "../src/index.js";
@@ -239,20 +239,22 @@ describe("partials from other tools", () => {
     assert.equal(await fileSha256(final), await route.sha256());
   });
 
-  test("a huggingface_hub partial, blobs/<sha256>.incomplete, is adopted and becomes the blob", async (t) => {
+  test("a file of the user's own at a path shaped like a cache blob (…/blobs/<sha256>) is no cache blob: its partial is <final>.downloading, and a .incomplete beside it is not taken for one", async (t) => {
     const dest = await tempDir(t);
-    const route = origin.route("/adopt/hf-blob", { size: SIZE });
+    const route = origin.route("/adopt/blob-shaped", { size: SIZE });
     const sha256 = await route.sha256();
-    const blobs = join(dest, "models--org--repo", "blobs");
+    const blobs = join(dest, "blobs");
     await mkdir(blobs, { recursive: true });
     const blob = join(blobs, sha256);
-    await writeFile(`${blob}.incomplete`, route.content().subarray(0, 400_000));
+    const unrelated = Buffer.from("the user's own file, not a partial");
+    await writeFile(`${blob}.incomplete`, unrelated);
+    await foreignPartial(blob, route.content().subarray(0, 400_000));
     const { job } = await runOne({ source: route.url, dest: blob, size: SIZE, sha256 });
     assert.equal(job.status, "completed", job.error);
-    assert.deepEqual(ranges(route), [`bytes=${400_000 - OVERLAP_BYTES}-`]);
-    assert.equal(route.bodyBytes, SIZE - 400_000 + OVERLAP_BYTES);
+    assert.deepEqual(ranges(route), [`bytes=${400_000 - OVERLAP_BYTES}-`], "the .downloading prefix adopted");
     assert.equal(await fileSha256(blob), sha256);
-    assert.deepEqual(await listFiles(dest), [join("models--org--repo", "blobs", sha256)]);
+    assert.deepEqual(await readFile(`${blob}.incomplete`), unrelated);
+    assert.deepEqual(await listFiles(dest), [join("blobs", sha256), join("blobs", `${sha256}.incomplete`)]);
   });
 });
 

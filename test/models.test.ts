@@ -3,7 +3,7 @@ import { type ChildProcess, spawn } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { once } from "node:events";
 import { existsSync } from "node:fs";
-import { lstat, mkdtemp, readdir, readFile, readlink, realpath, rm } from "node:fs/promises";
+import { lstat, mkdir, mkdtemp, readdir, readFile, readlink, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join, relative } from "node:path";
 import { createInterface } from "node:readline";
@@ -300,6 +300,29 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
     assert.equal(job.downloadParts.length, 1);
     assert.deepEqual(await snapshotFiles(job), ["vae/diffusion_pytorch_model.safetensors"]);
     assert.deepEqual(await readFile(join(job.snapshotPath as string, "vae/diffusion_pytorch_model.safetensors")), vae);
+  });
+});
+
+describe("queue.modelDownload(): partials", () => {
+  test("a huggingface_hub partial, blobs/<sha256>.incomplete, is adopted (one request from 64 KiB before its end) and becomes the blob", async (t) => {
+    const root = join(await tempDir(t), "cache");
+    const weights = randomBytes(1_000_000);
+    const repo = hub.repo("org/adopt-incomplete", { files: { "model.safetensors": weights } });
+    const folder = repoCacheFolder(root, "model", "org/adopt-incomplete");
+    await mkdir(join(folder, "blobs"), { recursive: true });
+    await writeFile(incompleteBlobPath(folder, sha256Hex(weights)), weights.subarray(0, 400_000));
+    hub.resetRequests();
+    const queue = newQueue(t);
+    const job = await queue.modelDownload({ source: "hf://org/adopt-incomplete", cache: root });
+    await queue.waitForJob(job, { timeoutMs: 20_000 });
+    assert.equal(job.status, "completed", job.error);
+    const fetched = hub.cdnRequests().filter((r) => r.method === "GET");
+    assert.deepEqual(
+      fetched.map((r) => r.range),
+      [`bytes=${400_000 - 64 * 1024}-`],
+    );
+    assert.deepEqual(await readFile(snapshotPath(folder, repo.head(), "model.safetensors")), weights);
+    assert.ok(!existsSync(incompleteBlobPath(folder, sha256Hex(weights))));
   });
 });
 

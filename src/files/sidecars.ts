@@ -19,12 +19,12 @@ export const PARTIAL_SUFFIX = ".downloading";
 /** Beside the partial: what it was started from. */
 export const VALIDATORS_SUFFIX = ".downloading.json";
 
-/** A Hugging Face cache blob (`…/blobs/<sha256 or git oid>`): its partial keeps huggingface_hub's name. */
-const HF_BLOB = /[\\/]blobs[\\/](?:[0-9a-f]{40}|[0-9a-f]{64})$/;
-
-/** `<final>.downloading`; a cache blob's is `<blob>.incomplete`, so dlqueue and huggingface_hub resume each other's. */
+/**
+ * `<final>.downloading`, the partial's default name. A partial named by another tool's convention (a cache blob's
+ * `<blob>.incomplete`) is asked for explicitly by whoever queues the file, never guessed from the path's shape.
+ */
 export function partialPathOf(finalPath: string): string {
-  return HF_BLOB.test(finalPath) ? `${finalPath}.incomplete` : finalPath + PARTIAL_SUFFIX;
+  return finalPath + PARTIAL_SUFFIX;
 }
 
 export interface Validators {

@@ -86,6 +86,11 @@ export interface TransferRequest {
   destIsFolder: boolean;
   /** The final path from an earlier run, so its partial can be resumed before the name is known again. */
   downloadPath?: string;
+  /**
+   * The partial's path when it is not `<final>.downloading`: a Hugging Face cache blob's `<blob>.incomplete`, the
+   * name huggingface_hub resumes too. Only for a job whose final path is known (not into a folder).
+   */
+  partialPath?: string;
   /** Sent only to the origin of `source`, never to a host a redirect leads to. */
   accessToken?: string;
   headers?: Record<string, string>;
@@ -221,7 +226,7 @@ class FileTransfer {
   /** One writer per final path: taken once the path is known, held across retries. */
   async #claim(path: string): Promise<void> {
     this.#unlock ??= await lockPartial(path);
-    this.#partialPath = partialPathOf(path);
+    this.#partialPath = this.req.partialPath ?? partialPathOf(path);
   }
 
   async run(): Promise<TransferResult> {
