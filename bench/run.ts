@@ -1,7 +1,8 @@
 // `npm run bench`: dlqueue against curl, aria2c and a naive Node client, same server, same run.
 // Flags: --reps N (default 3), --quick (tiny sizes, for development), --only <workload>.
+// --only models runs only the model-repo row (bench/models.ts: dlqueue vs @huggingface/hub's snapshotDownload).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { createInterface } from "node:readline";
@@ -47,6 +48,17 @@ const { values: args } = parseArgs({
   },
 });
 const reps = Number(args.reps);
+// The model-repo row has a harness of its own (its data, stand-in hub and nginx); alone it needs nothing below.
+const modelsArgs = (...extra: string[]) => [
+  "--import",
+  "tsx",
+  `${repo}/bench/models.ts`,
+  "--reps",
+  String(reps),
+  ...(args.quick ? ["--quick"] : []),
+  ...extra,
+];
+if (args.only === "models") process.exit(spawnSync("node", modelsArgs(), { cwd: repo, stdio: "inherit" }).status ?? 1);
 const sizes = args.quick ? QUICK : FULL;
 const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
 const benchStart = performance.now();
@@ -257,6 +269,20 @@ if (want("queued")) {
   queued = `### A queue holding many waiting jobs (bench/queued.ts)\n\n${run.status === 0 ? run.stdout : `FAILED (exit ${run.status})`}`;
 }
 
+// A Hugging Face repo of 50 files, one of 1 GiB: dlqueue vs @huggingface/hub's snapshotDownload (bench/models.ts).
+let models = "";
+if (want("models")) {
+  const run = spawnSync("node", modelsArgs("--embed"), {
+    cwd: repo,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  if (run.status === 0) {
+    models = run.stdout;
+    bars.push(JSON.parse(readFileSync(`${out}/models-panel.json`, "utf8")) as { title: string; bars: Bar[] });
+  } else models = `### hf:// repo (bench/models.ts)\n\nFAILED (exit ${run.status})`;
+}
+
 // dist/ is built from the working tree, which may be ahead of the last commit.
 const dlqueueVersion = [
   spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: repo, encoding: "utf8" }).stdout.trim(),
@@ -303,7 +329,8 @@ How to read it:
 - dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`.
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
 ${tables.join("\n\n")}
-${queued ? `\n${queued}` : ""}`;
+${queued ? `\n${queued}` : ""}
+${models ? `\n${models}` : ""}`;
 
 const fullRun = !args.quick && !args.only;
 const dest = fullRun ? `${repo}/bench` : out;
