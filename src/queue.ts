@@ -529,7 +529,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
           dest: job.dest,
           destIsFolder,
           downloadPath: job.downloadPath ?? (destIsFolder ? await this.#partialFor(job) : undefined),
-          partialPath: this.#partialPathOf(runtime),
+          streamPartialPath: this.#streamPartialOf(runtime),
           accessToken: runtime.accessToken,
           headers: runtime.headers,
           expectedSize: job.size,
@@ -585,12 +585,20 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   }
 
   /**
-   * A cache-mode part is a blob: its partial is `<blob>.incomplete`, the name huggingface_hub resumes, so either
-   * tool continues the other's. Said by the job's snapshot plan, which a restored job gets back from the store.
+   * A cache-mode part is a blob: one stream writes `<blob>.incomplete`, the name huggingface_hub resumes, so either
+   * tool continues the other's (segments keep `<blob>.downloading`, which it ignores). Said by the job's snapshot
+   * plan, which a restored job gets back from the store.
    */
-  #partialPathOf(runtime: JobRuntime): string | undefined {
+  #streamPartialOf(runtime: JobRuntime): string | undefined {
     const plan = runtime.parent?.snapshotPlan;
     return plan ? incompleteBlobPath(plan.folder, basename(runtime.job.dest)) : undefined;
+  }
+
+  /** Removes a job's partial under whichever of its names it has. */
+  async #discardPartials(runtime: JobRuntime, path: string): Promise<void> {
+    await discardPartial(path);
+    const stream = this.#streamPartialOf(runtime);
+    if (stream) await discardPartial(path, stream);
   }
 
   #othersCompleted(runtime: JobRuntime): boolean {
@@ -609,7 +617,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       return;
     }
     if (to === "cancelled") {
-      if (runtime.job.downloadPath) await discardPartial(runtime.job.downloadPath, this.#partialPathOf(runtime));
+      if (runtime.job.downloadPath) await this.#discardPartials(runtime, runtime.job.downloadPath);
       this.#settle(runtime, DownloadJobStatus.Cancelled);
       return;
     }
@@ -659,7 +667,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     // Waiting (or paused): no transfer to stop; its heap entry is skipped when popped.
     if (job.downloadPath) {
       const path = job.downloadPath;
-      discardPartial(path, this.#partialPathOf(runtime)).catch((err) =>
+      this.#discardPartials(runtime, path).catch((err) =>
         this.#logger.warn(`could not delete the partial of ${path}: ${err}`),
       );
     }

@@ -326,6 +326,62 @@ describe("queue.modelDownload(): partials", () => {
   });
 });
 
+describe("queue.modelDownload(): segments in the cache", () => {
+  test("connectionsPerFile 4: the preallocated partial is blobs/<id>.downloading with its ranges sidecar, never a full-size .incomplete that huggingface_hub would take for a finished prefix; stopped twice (segments, then one stream), it resumes and completes", async (t) => {
+    const dir = await tempDir(t);
+    const root = join(dir, "cache");
+    const store = join(dir, "queue.db");
+    const weights = randomBytes(10 * 1024 * 1024);
+    const repo = hub.repo("org/segmented", { files: { "model.safetensors": weights } });
+    const folder = repoCacheFolder(root, "model", "org/segmented");
+    const blob = blobPath(folder, sha256Hex(weights));
+    const incomplete = incompleteBlobPath(folder, sha256Hex(weights));
+    hub.cdnBytesPerSec = 2_000_000;
+    t.after(() => {
+      hub.cdnBytesPerSec = undefined;
+    });
+    const runUntil = async (queue: DownloadQueue, bytes: number) => {
+      await new Promise<void>((resolve) => {
+        queue.on("download_progress", (p) => {
+          if (p.current_bytes >= bytes) resolve();
+        });
+      });
+      await queue.stop();
+    };
+
+    const first = new DownloadQueue({ store, logger: quiet, connectionsPerFile: 4 });
+    await first.modelDownload({ source: "hf://org/segmented", cache: root });
+    await runUntil(first, 2_000_000);
+    assert.ok(!existsSync(incomplete), "no .incomplete while segments hold the blob");
+    assert.equal((await lstat(`${blob}.downloading`)).size, weights.length, "preallocated under dlqueue's name");
+    assert.ok(existsSync(`${blob}.downloading.segments.json`));
+
+    // One stream continues the segments' contiguous prefix, under huggingface_hub's name.
+    const second = new DownloadQueue({ store, logger: quiet, connectionsPerFile: 1 });
+    await runUntil(second, 4_000_000);
+    const prefix = (await lstat(incomplete)).size;
+    assert.ok(prefix > 0 && prefix < weights.length, `a prefix of ${prefix} bytes`);
+    assert.deepEqual(await readFile(incomplete), weights.subarray(0, prefix));
+    assert.ok(!existsSync(`${blob}.downloading`));
+
+    hub.cdnBytesPerSec = undefined;
+    hub.resetRequests();
+    const third = new DownloadQueue({ store, logger: quiet, connectionsPerFile: 4 });
+    t.after(() => third.stop());
+    const job = third.listMultifileJobs()[0] as MultiFileDownloadJob;
+    await third.waitForJob(job, { timeoutMs: 20_000 });
+    assert.equal(job.status, "completed", job.error);
+    const fetched = hub.cdnRequests().filter((r) => r.method === "GET");
+    assert.ok(
+      fetched.every((r) => Number(/^bytes=(\d+)-/.exec(r.range ?? "")?.[1]) >= prefix - 64 * 1024),
+      JSON.stringify(fetched.map((r) => r.range)),
+    );
+    assert.deepEqual(await readFile(snapshotPath(folder, repo.head(), "model.safetensors")), weights);
+    assert.equal(await readRef(folder, "main"), repo.head());
+    assert.deepEqual(await listFiles(join(folder, "blobs")), [sha256Hex(weights)]);
+  });
+});
+
 describe("queue.modelDownload() restored from a store", () => {
   test("a gated repo's job stopped mid-blob comes back with its source, commit and plan, takes HF_TOKEN from the environment again (never from the store) and finishes", async (t) => {
     const dir = await tempDir(t);

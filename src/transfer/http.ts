@@ -1,10 +1,12 @@
 import { createHash, type Hash } from "node:crypto";
 import { createReadStream, type Stats } from "node:fs";
+import { rename, stat } from "node:fs/promises";
 import { join } from "node:path";
 import type { Dispatcher } from "undici";
 import {
   ChecksumMismatchError,
   classifyFailure,
+  fsError,
   ResponseTooLargeError,
   SizeMismatchError,
   TooManyRedirectsError,
@@ -28,6 +30,8 @@ import {
   NO_PARTIAL,
   type PartialOnDisk,
   partialPathOf,
+  readSegmentState,
+  removeSegmentState,
   type Validators,
   writeValidators,
 } from "../files/sidecars.js";
@@ -87,10 +91,11 @@ export interface TransferRequest {
   /** The final path from an earlier run, so its partial can be resumed before the name is known again. */
   downloadPath?: string;
   /**
-   * The partial's path when it is not `<final>.downloading`: a Hugging Face cache blob's `<blob>.incomplete`, the
-   * name huggingface_hub resumes too. Only for a job whose final path is known (not into a folder).
+   * Where one stream writes when not `<final>.downloading`: a Hugging Face cache blob's `<blob>.incomplete`, which
+   * huggingface_hub resumes as a prefix. Segments never write there (a preallocated file would look finished to
+   * it): they keep `<final>.downloading` and its ranges sidecar. Only for a job whose final path is known.
    */
-  partialPath?: string;
+  streamPartialPath?: string;
   /** Sent only to the origin of `source`, never to a host a redirect leads to. */
   accessToken?: string;
   headers?: Record<string, string>;
@@ -226,7 +231,41 @@ class FileTransfer {
   /** One writer per final path: taken once the path is known, held across retries. */
   async #claim(path: string): Promise<void> {
     this.#unlock ??= await lockPartial(path);
-    this.#partialPath = this.req.partialPath ?? partialPathOf(path);
+    this.#partialPath = await this.#partialOnDisk(path);
+  }
+
+  /**
+   * Which of the final path's two partial names holds its bytes: the segments' (`.downloading`, with its ranges
+   * sidecar), or the one a stream writes (see TransferRequest.streamPartialPath). Usually they are one name.
+   */
+  async #partialOnDisk(path: string): Promise<string> {
+    const segments = partialPathOf(path);
+    const stream = this.req.streamPartialPath ?? segments;
+    if (stream === segments) return segments;
+    if (await readSegmentState(segments)) return segments;
+    // Segments given up (a server that stopped serving ranges) leave a plain prefix under their name.
+    return (await exists(stream)) || !(await exists(segments)) ? stream : segments;
+  }
+
+  /**
+   * Moves the partial to the name the writer about to start uses, keeping its first `keep` bytes (none: the old one
+   * is removed), so a preallocated file never sits under a stream's name and a stream's prefix never under the
+   * segments'.
+   */
+  async #movePartial(target: string, keep: number): Promise<void> {
+    const current = this.#partialPath as string;
+    if (current === target || current === this.#ownPartial) return;
+    if (keep > 0) {
+      try {
+        await rename(current, target);
+      } catch (err) {
+        throw fsError(err, target);
+      }
+    } else {
+      await removeIfPresent(current);
+    }
+    await removeSegmentState(current);
+    this.#partialPath = target;
   }
 
   async run(): Promise<TransferResult> {
@@ -525,6 +564,7 @@ class FileTransfer {
         : new SizeMismatchError(url.href, expectedSize, totalBytes);
     }
     if (totalBytes !== undefined) await this.#reserveSpace(finalPath, start, totalBytes);
+    await this.#movePartial(this.req.streamPartialPath ?? partialPathOf(finalPath), start);
     // The body starts with bytes a foreign partial already holds: compared, never written again.
     const overlap =
       overlapFrom !== undefined && overlapFrom < start
@@ -590,6 +630,7 @@ class FileTransfer {
     totalBytes: number,
   ): Promise<TransferResult> {
     await this.#reserveSpace(finalPath, start, totalBytes);
+    await this.#movePartial(partialPathOf(finalPath), start);
     const validators = validatorsFrom(this.req.source, response.headers, totalBytes);
     await writeValidators(finalPath, { ...validators, segmented: true });
     this.#accepted(response, finalPath, start, totalBytes);
@@ -675,6 +716,13 @@ function stillCurrent(finished: Stats): Record<string, string> {
 function resumeProbe(validators: Validators): Record<string, string> | undefined {
   const ifRange = ifRangeFor(validators);
   return ifRange ? { range: "bytes=0-0", "if-range": ifRange } : undefined;
+}
+
+function exists(path: string): Promise<boolean> {
+  return stat(path).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A message about a job's source names the URL once: as it is when it names one, else in front. */
