@@ -3,7 +3,7 @@ import { stat } from "node:fs/promises";
 import { basename, join, resolve, sep } from "node:path";
 import type { Dispatcher } from "undici";
 import { DlqError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
-import { finishSnapshot, incompleteBlobPath, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
+import { cachedBlob, finishSnapshot, incompleteBlobPath, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
 import { discardPartial, partialsIn } from "./files/partial.js";
 import { PriorityHeap } from "./heap.js";
 import { DownloadJob, DownloadJobStatus, type ModelOrigin, MultiFileDownloadJob } from "./job.js";
@@ -22,7 +22,7 @@ import { modelPartToken, planModel } from "./sources/model.js";
 import { fileJobOf, fileRecord, multiJobOf, multiRecord } from "./store/records.js";
 import { SqliteJobStore } from "./store/sqlite.js";
 import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
-import { type TransferSettings, transfer } from "./transfer/http.js";
+import { type TransferResult, type TransferSettings, transfer } from "./transfer/http.js";
 import { pacer, type RateLimiter, rateLimiter } from "./transfer/rate.js";
 import {
   checkMultiFileRequest,
@@ -57,6 +57,12 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   /** Waiting or running: what join() waits for. */
   readonly #active = new Set<JobRuntime>();
   readonly #leaders = new LeaderIndex<JobRuntime>();
+  /**
+   * The part running for each file of a multi-file job, by its path, and the parts of other jobs that want the same
+   * file meanwhile (two model jobs sharing a blob): those wait without a slot, then find the file complete.
+   */
+  readonly #partWriters = new Map<string, JobRuntime>();
+  readonly #partsWaiting = new Map<string, JobRuntime[]>();
   /**
    * Destinations seen to be folders: a thousand jobs into one folder need one stat, not one each. A folder removed
    * later is created again by the next job into it, as one whose name ends in "/" would be.
@@ -501,13 +507,52 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       const runtime = this.#heap.pop();
       if (!runtime) return;
       if (runtime.job.status !== DownloadJobStatus.Waiting) continue;
+      if (this.#waitsForWriter(runtime)) continue;
       const run = this.#run(runtime).finally(() => {
         this.#running.delete(runtime);
+        this.#writerDone(runtime);
         this.#pump();
         if (this.#isIdle()) this.#wakeIdleWaiters();
       });
       this.#running.set(runtime, run);
     }
+  }
+
+  /**
+   * A cache blob another job sharing it completed while this part waited for it: nothing to fetch, nor to hash
+   * again (blobs are renamed into place whole, so the size is the check, as when the job was planned).
+   */
+  async #completedMeanwhile(runtime: JobRuntime): Promise<TransferResult | undefined> {
+    const { job } = runtime;
+    const plan = runtime.parent?.snapshotPlan;
+    if (!plan || job.size === undefined || (runtime.overwrite ?? this.#overwrite)) return undefined;
+    if (!(await cachedBlob(plan.folder, basename(job.dest), job.size))) return undefined;
+    return { downloadPath: job.dest, bytes: job.size, totalBytes: job.size };
+  }
+
+  /** A part whose file another job's part is writing waits for it (see #partWriters); else it becomes the writer. */
+  #waitsForWriter(runtime: JobRuntime): boolean {
+    if (!runtime.parent) return false;
+    const { dest } = runtime.job;
+    const writer = this.#partWriters.get(dest);
+    if (!writer) {
+      this.#partWriters.set(dest, runtime);
+      return false;
+    }
+    const waiting = this.#partsWaiting.get(dest);
+    if (waiting) waiting.push(runtime);
+    else this.#partsWaiting.set(dest, [runtime]);
+    return true;
+  }
+
+  /** The writer of a part's file has stopped, whatever the outcome: the parts waiting for it run (and may skip). */
+  #writerDone(runtime: JobRuntime): void {
+    const { dest } = runtime.job;
+    if (this.#partWriters.get(dest) !== runtime) return;
+    this.#partWriters.delete(dest);
+    const waiting = this.#partsWaiting.get(dest) ?? [];
+    this.#partsWaiting.delete(dest);
+    for (const part of waiting) if (part.job.status === DownloadJobStatus.Waiting) this.#enqueue(part);
   }
 
   async #run(runtime: JobRuntime): Promise<void> {
@@ -523,7 +568,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     }
     try {
       const destIsFolder = !runtime.exactPath && (runtime.destIsFolder || (await this.#isFolder(job.dest)));
-      const result = await transfer(
+      let result = await this.#completedMeanwhile(runtime);
+      result ??= await transfer(
         {
           source: job.source,
           dest: job.dest,
@@ -664,8 +710,10 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       runtime.controller.abort(new Interruption("cancelled"));
       return;
     }
-    // Waiting (or paused): no transfer to stop; its heap entry is skipped when popped.
-    if (job.downloadPath) {
+    // Waiting (or paused): no transfer to stop; its heap entry is skipped when popped. Another job's part writing
+    // the same file owns the partial now.
+    const writer = this.#partWriters.get(job.dest);
+    if (job.downloadPath && (writer === undefined || writer === runtime)) {
       const path = job.downloadPath;
       this.#discardPartials(runtime, path).catch((err) =>
         this.#logger.warn(`could not delete the partial of ${path}: ${err}`),

@@ -382,6 +382,52 @@ describe("queue.modelDownload(): segments in the cache", () => {
   });
 });
 
+describe("queue.modelDownload(): jobs sharing blobs", () => {
+  test("two jobs for one repo and a third for another revision, at once, on a slow CDN: all complete, each blob fetched once, every snapshot linked and the ref right", async (t) => {
+    const root = join(await tempDir(t), "cache");
+    const shared = randomBytes(1_200_000);
+    const old = randomBytes(400_000);
+    const changed = randomBytes(500_000);
+    const repo = hub.repo("org/shared", {
+      files: { "shared.safetensors": shared, "changed.safetensors": old, "config.json": '{"v":1}' },
+    });
+    repo.branch("v1");
+    const v1 = repo.head("v1");
+    const main = repo.commit({ "changed.safetensors": changed });
+    const folder = repoCacheFolder(root, "model", "org/shared");
+    hub.cdnBytesPerSec = 3_000_000;
+    t.after(() => {
+      hub.cdnBytesPerSec = undefined;
+    });
+    hub.resetRequests();
+    const queue = newQueue(t);
+    const jobs = await Promise.all([
+      queue.modelDownload({ source: "hf://org/shared", cache: root }),
+      queue.modelDownload({ source: "hf://org/shared", cache: root }),
+      queue.modelDownload({ source: "hf://org/shared@v1", cache: root }),
+    ]);
+    await Promise.all(jobs.map((job) => queue.waitForJob(job, { timeoutMs: 20_000 })));
+    for (const job of jobs) assert.equal(job.status, "completed", job.error);
+    const fetched = hub
+      .cdnRequests()
+      .filter((r) => r.method === "GET")
+      .map((r) => r.url.split("?")[0]?.split("/").at(-1))
+      .sort();
+    assert.deepEqual(fetched, [sha256Hex(shared), sha256Hex(old), sha256Hex(changed)].sort(), "each blob once");
+    for (const [commit, changedContent] of [
+      [main, changed],
+      [v1, old],
+    ] as const) {
+      assert.deepEqual(await readFile(snapshotPath(folder, commit, "shared.safetensors")), shared);
+      assert.deepEqual(await readFile(snapshotPath(folder, commit, "changed.safetensors")), changedContent);
+      assert.equal(await readFile(snapshotPath(folder, commit, "config.json"), "utf8"), '{"v":1}');
+    }
+    assert.equal(await readRef(folder, "main"), main);
+    assert.equal(await readRef(folder, "v1"), v1);
+    assert.ok(!(await readdir(join(folder, "blobs"))).some((name) => name.includes(".")), "no partial left");
+  });
+});
+
 describe("queue.modelDownload() restored from a store", () => {
   test("a gated repo's job stopped mid-blob comes back with its source, commit and plan, takes HF_TOKEN from the environment again (never from the store) and finishes", async (t) => {
     const dir = await tempDir(t);
