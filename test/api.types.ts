@@ -11,8 +11,11 @@ import {
   type DownloadQueueOptions,
   type DownloadRequest,
   type EventBus,
+  HubNotFoundError,
   InvalidArgumentError,
+  isModelSource,
   type Logger,
+  type ModelDownloadRequest,
   type MultiFileDownloadJob,
   type MultiFileDownloadRequest,
   type QueueEventPayloads,
@@ -68,6 +71,26 @@ export function correctUse(logger: Logger, bus: EventBus): void {
   const multiWire: WireMultiFileJob = multi.toJSON();
   const found: DownloadJob | MultiFileDownloadJob = queue.idToJob(multi.id);
 
+  const modelRequest: ModelDownloadRequest = {
+    source: "hf://stabilityai/sdxl-vae@main",
+    include: ["*.safetensors", "*.json"],
+    exclude: ["*.bin"],
+    cache: true,
+    accessToken: "hf_x",
+    maxBytesPerSecond: 50_000_000,
+    onComplete: (job: DownloadJob | MultiFileDownloadJob) => job.status,
+  };
+  const model: Promise<MultiFileDownloadJob> = queue.modelDownload(modelRequest);
+  const civitai: Promise<MultiFileDownloadJob> = queue.modelDownload({
+    source: "civitai://models/4384@128713",
+    dest: "models/dreamshaper",
+    allFiles: true,
+    priority: 5,
+  });
+  const snapshot: Promise<string | undefined> = model.then((m) => m.snapshotPath ?? m.commit ?? m.source);
+  const notFound: boolean = new Error() instanceof HubNotFoundError;
+  const isModel: boolean = isModelSource("hf://org/repo");
+
   const onProgress = (payload: QueueEventPayloads["download_progress"]) => payload.current_bytes;
   queue.on("download_progress", onProgress);
   queue.on("download_error", (payload) => payload.error_type.length);
@@ -82,7 +105,7 @@ export function correctUse(logger: Logger, bus: EventBus): void {
   const stopped: Promise<void> = queue.stop();
   const code: string = new InvalidArgumentError("x").code;
   const isOurs: boolean = new Error() instanceof DlqError;
-  void [finished, wire, multiWire, found, waited, joined, stopped, code, isOurs];
+  void [finished, wire, multiWire, found, waited, joined, stopped, code, isOurs, civitai, snapshot, notFound, isModel];
 }
 
 export function misuse(queue: DownloadQueue): void {
@@ -102,6 +125,17 @@ export function misuse(queue: DownloadQueue): void {
   // @ts-expect-error a part needs a path
   queue.multifileDownload({ parts: [{ url: "https://example.com/a.bin" }], dest: "m" });
 
+  // @ts-expect-error a model request field that does not exist
+  queue.modelDownload({ source: "hf://org/repo", revision: "main" });
+  // @ts-expect-error include is a list of patterns, not one
+  queue.modelDownload({ source: "hf://org/repo", include: "*.safetensors" });
+  // @ts-expect-error allFiles is a boolean
+  queue.modelDownload({ source: "civitai://models/1", dest: "m", allFiles: "yes" });
+  // @ts-expect-error a model request without a source
+  queue.modelDownload({ dest: "m" });
+  // @ts-expect-error modelDownload() resolves the source first: its job is a promise
+  const notYet: MultiFileDownloadJob = queue.modelDownload({ source: "hf://org/repo" });
+
   const job = queue.download({ source: "https://example.com/a.bin", dest: "models/" });
   // @ts-expect-error a status that does not exist
   const typo: DownloadJobStatus = "canceled";
@@ -115,5 +149,5 @@ export function misuse(queue: DownloadQueue): void {
   queue.on("download_cancelled", (payload) => payload.error);
   // @ts-expect-error waitForJob takes a job, not an id
   queue.waitForJob(job.id);
-  void [typo, never];
+  void [typo, never, notYet];
 }
