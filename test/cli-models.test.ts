@@ -284,6 +284,88 @@ describe("dlqueue get hf://", () => {
   });
 });
 
+describe("dlqueue get: --token and resume with model sources", () => {
+  it("--token opens a gated hf:// repo given on the command line: to the hub only (never the CDN), never printed", async () => {
+    const token = "hf_cliArgumentToken456";
+    const gated = hub.repo("org/gated-arg", { gated: "manual", files: { "w.safetensors": Buffer.alloc(40_000, 6) } });
+    gated.grant(token);
+    const dest = fresh("gated-arg");
+    hub.resetRequests();
+    const granted = await run(["get", "hf://org/gated-arg", "-d", dest, "--token", token]);
+    assert.equal(granted.code, 0, granted.stderr);
+    assertTree(dest, gated);
+    assert.ok(hub.cdnRequests().length > 0, "the weights came from the CDN");
+    for (const request of hub.cdnRequests()) assert.equal(request.authorization, undefined, request.url);
+    assert.ok(hub.hubRequests().every((request) => request.authorization === `Bearer ${token}`));
+    assert.ok(!`${granted.stdout}${granted.stderr}`.includes(token));
+  });
+
+  it("--token opens a Civitai version that needs a key: to the API only, never to its CDN", async () => {
+    const civitai = await startCivitai("civitai-arg-key");
+    try {
+      civitai.addModel({
+        id: 5150,
+        name: "Keyed",
+        versions: [
+          {
+            id: 5151,
+            name: "v1",
+            requireToken: true,
+            files: [{ name: "keyed.safetensors", content: Buffer.alloc(30_000, 4), primary: true }],
+          },
+        ],
+      });
+      const dest = fresh("civitai-arg");
+      const civitaiEnv = env({ CIVITAI_ENDPOINT: civitai.url });
+      const refused = await run(["get", "civitai://models/5150@5151", "-d", dest], { env: civitaiEnv });
+      assert.equal(refused.code, 1, "refused without a key");
+      const granted = await run(["get", "-q", "civitai://models/5150@5151", "-d", dest, "--token", "civitai-arg-key"], {
+        env: civitaiEnv,
+      });
+      assert.equal(granted.code, 0, granted.stderr);
+      assert.deepEqual(readFileSync(join(dest, "keyed.safetensors")), Buffer.alloc(30_000, 4));
+      const cdn = civitai.requests.filter((r) => r.origin === "cdn");
+      assert.ok(cdn.length > 0);
+      for (const request of cdn) assert.equal(request.authorization, undefined, request.url);
+      assert.ok(!`${granted.stdout}${granted.stderr}`.includes("civitai-arg-key"));
+    } finally {
+      await civitai.close();
+    }
+  });
+
+  it("dlqueue resume finishes a model job a killed `get --state` left and prints its snapshot path, as get does", async () => {
+    const cache = fresh("cache");
+    const state = join(fresh("state"), "queue.db");
+    const runEnv = env({ HF_HUB_CACHE: cache });
+    const big = pipeline.file("unet/diffusion_pytorch_model.safetensors");
+    assert.ok(big);
+    hub.cdnBytesPerSec = 200_000;
+    const child = spawn(process.execPath, [CLI, "get", "--json", "--state", state, "hf://org/pipeline"], {
+      cwd: work,
+      env: runEnv,
+      stdio: ["ignore", "pipe", "ignore"],
+    });
+    let stdout = "";
+    await new Promise<void>((done) => {
+      child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        stdout += chunk;
+        if (/"event":"download_progress".*"current_bytes":[1-9]\d{4}/.test(stdout)) done();
+      });
+    });
+    const exited = new Promise((done) => child.on("close", done));
+    child.kill("SIGKILL");
+    await exited;
+    hub.cdnBytesPerSec = undefined;
+    const snapshot = join(cache, "models--org--pipeline", "snapshots", pipeline.head());
+    assert.ok(!existsSync(join(snapshot, big.path)));
+
+    const resumed = await run(["resume", "-q", "--state", state], { env: runEnv });
+    assert.equal(resumed.code, 0, resumed.stderr);
+    assert.equal(resumed.stdout, `${snapshot}\n`);
+    assertTree(snapshot, pipeline);
+  });
+});
+
 const utilLinuxScript = systemPackage(
   "util-linux's `script`",
   "util-linux",

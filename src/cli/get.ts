@@ -125,7 +125,8 @@ Access tokens:
   HF_TOKEN       sent to huggingface.co and its subdomains
   CIVITAI_TOKEN  sent to civitai.com and its subdomains
   --token T      sent to the URLs given as arguments (not those of -i),
-                 instead of the above
+                 instead of the above; for a model source, to its hub's
+                 (or Civitai's) API only, as HF_TOKEN is
   A token goes only to the host of its URL, never to a host it redirects to,
   and is never printed.
 
@@ -364,6 +365,10 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
 
   const startedAt = performance.now();
   const models: ModelRun[] = plan.filter((item) => item.model).map((item) => ({ item }));
+  /** Model jobs the state file holds unfinished: `resume` prints where they are once finished, as `get` does. */
+  const restoredModels = options.resumeOnly
+    ? queue.listMultifileJobs().filter((job) => job.source !== undefined && !job.inTerminalState)
+    : [];
   /** Bytes each job had on disk from an earlier run when it started: not part of this run's speed. */
   const resumedFrom = new Map<number, number>();
   const jobs: DownloadJob[] = [];
@@ -493,6 +498,7 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
             allFiles: options.allFiles,
             priority: model.item.priority ?? options.priority,
             maxBytesPerSecond: model.item.maxBytesPerSecond,
+            accessToken: model.item.accessToken,
           });
           model.job = job;
           for (const part of job.downloadParts) follow(part, model.item.model === "hf" ? repoPath(part) : undefined);
@@ -513,7 +519,8 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   const unfinished = jobs.filter((job) => !job.inTerminalState);
   if (json) for (const job of unfinished) emit({ event: "job", job });
   // The model's own job line carries its commit and snapshot_path, for scripts.
-  if (json) for (const { job } of models) if (job) emit({ event: "job", job });
+  if (json)
+    for (const job of [...restoredModels, ...models.map((model) => model.job)]) if (job) emit({ event: "job", job });
   if (total) {
     sweepLines();
     total.finish(total.finalText(signal !== undefined));
@@ -531,7 +538,9 @@ async function runGet(urls: string[], options: GetOptions, command: Command): Pr
   if (failed > 0 && !quiet) say(`${failed} of ${count} downloads failed.`);
   // Last on stdout, one line per model that completed, so `$(dlqueue get hf://… -q)` is the snapshot's path.
   if (!json && signal === undefined) {
-    for (const { job } of models) if (job?.status === "completed") out(`${modelPath(job)}\n`);
+    for (const job of [...restoredModels, ...models.map((model) => model.job)]) {
+      if (job?.status === "completed") out(`${modelPath(job)}\n`);
+    }
   }
   if (signal) {
     const partials = unfinished.filter((job) => job.bytes > 0).length;
@@ -672,7 +681,15 @@ async function planDownloads(urls: string[], options: GetOptions, usage: (messag
     if (options.output !== undefined) usage(`-o names one file, and ${source} is a model: use -d DIR for its folder.`);
     if (options.sha256 !== undefined)
       usage(`--sha256 is for a URL; ${source} is checked against the hub's own hashes.`);
-    return { source, dest: modelDest(model, undefined), model, include: options.include, exclude: options.exclude };
+    return {
+      source,
+      dest: modelDest(model, undefined),
+      model,
+      include: options.include,
+      exclude: options.exclude,
+      // To the hub's (or Civitai's) endpoint only, as HF_TOKEN: the library never sends it to the CDN.
+      accessToken: options.token,
+    };
   });
   if (options.sha256 !== undefined && urls.length !== 1) {
     usage("--sha256 checks the one URL given as argument; for several, put sha256= on each line of an --input-file.");

@@ -169,7 +169,7 @@ async function planCivitai(request: ModelDownloadRequest, env: Env): Promise<Mod
   }
   const endpoint = civitaiEndpoint(env);
   const spec = parseCivitaiSource(request.source, endpoint);
-  const token = civitaiToken(env);
+  const token = request.accessToken ?? civitaiToken(env);
   const resolved = await resolveCivitaiSource(spec, { endpoint, token, allFiles: request.allFiles });
   const dest = resolve(request.dest);
   return {
