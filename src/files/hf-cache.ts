@@ -4,7 +4,9 @@
  *
  *   <root>/models--ORG--REPO/
  *     blobs/<blobId>                 the bytes; blobId = sha256 for LFS files, the git blob id otherwise
- *     blobs/<blobId>.incomplete      a partial (huggingface_hub resumes these too)
+ *     blobs/<blobId>.incomplete      a partial fetched over one connection (huggingface_hub resumes these too)
+ *     blobs/<blobId>.downloading     a partial fetched over several: preallocated, with holes, so it must not carry
+ *                                    the name huggingface_hub would take for a prefix; its sidecars say what is in
  *     snapshots/<commit>/<path>      relative symlink to ../../blobs/<blobId> (one more ../ per folder level)
  *     refs/<revision>                the commit sha, no newline
  *
