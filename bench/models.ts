@@ -8,8 +8,9 @@
 // bench/out/models-panel.json instead.
 //
 // The hub's API and small files come from test/helpers/hub.ts (node:http, in this process); the LFS bytes, which it
-// redirects to a CDN on another origin, come from nginx serving the blobs from disk by default (--cdn node: the
-// stand-in's own in-memory CDN instead). See the section's text for why.
+// redirects to a CDN on another origin, come from the stand-in's own node:http CDN (from memory) by default, or with
+// --cdn nginx from nginx serving the blobs from disk. Before the timed runs, curl fetches the big blob through the
+// chosen CDN twice, so the section can show that the server is not what sets the pace.
 import { execFileSync, spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { existsSync, readFileSync } from "node:fs";
@@ -38,7 +39,7 @@ const { values: args } = parseArgs({
     reps: { type: "string", default: "3" },
     quick: { type: "boolean", default: false },
     embed: { type: "boolean", default: false },
-    cdn: { type: "string", default: "nginx" },
+    cdn: { type: "string", default: "node" },
   },
 });
 const reps = Number(args.reps);
@@ -249,9 +250,19 @@ async function runOnce(tool: ToolId): Promise<{ sample?: Sample; hubRequests: nu
   return { sample: outcome.sample, hubRequests };
 }
 
+const big = files.reduce((a, f) => (f.size > a.size ? f : a));
+let curlMBps = 0;
 const rows: Row[] = (Object.keys(TOOLS) as ToolId[]).map((tool) => ({ tool, samples: [], hubRequests: [] }));
 try {
   // Untimed, so that the first timed client does not pay for cold disk pages or a cold server.
+  // How fast the server alone can go: curl pulls the big blob through the hub's redirect into /dev/null.
+  for (let i = 0; i < 2; i++) {
+    const url = `${hub.url}/${REPO}/resolve/main/${big.path}`;
+    const probe = await measure(["curl", "-sSfL", "-o", "/dev/null", url], `${out}/models-curl-time.txt`, 120_000);
+    if (probe.ok) curlMBps = Math.max(curlMBps, big.size / 1e6 / probe.sample.wall);
+    else log(`curl probe failed: ${probe.error}`);
+  }
+  log(`curl alone, big blob through the CDN to /dev/null: ${curlMBps.toFixed(0)} MB/s`);
   const warm = await runOnce("hfhub");
   log(`models warm-up (snapshotDownload, untimed): ${warm.error ?? "ok"}`);
   for (let rep = 0; rep < reps; rep++) {
@@ -290,7 +301,6 @@ const ref = rows.find((r) => r.tool === REFERENCE && ok(r));
 const refWall = ref ? median(ref.samples.map((s) => s.wall)) : undefined;
 const refCpu = ref ? median(ref.samples.map((s) => s.cpu)) : undefined;
 const sizeText = (n: number) => (n >= 2 ** 30 ? `${+(n / 2 ** 30).toFixed(2)} GiB` : `${+(n / MiB).toFixed(1)} MiB`);
-const big = files.reduce((a, f) => (f.size > a.size ? f : a));
 const title = `hf:// repo: ${files.length} files, ${sizeText(totalBytes)} (1 × ${sizeText(big.size)}, ${lfsFiles.length - 1} more LFS, ${files.length - lfsFiles.length} small) into a fresh HF cache`;
 const table = [
   "| client | median wall s | (min–max) | MB/s | median CPU s | peak RSS MiB | hub requests | wall ÷ dlqueue | CPU ÷ dlqueue |",
@@ -314,6 +324,10 @@ for (const r of rows) {
   );
   panel.push({ label, seconds: wall, ratio: refWall ? wall / refWall : undefined, reference: r === ref });
 }
+const fastestMBps = Math.max(
+  1e-9,
+  ...rows.filter(ok).map((r) => totalBytes / 1e6 / median(r.samples.map((x) => x.wall))),
+);
 const failures = rows.filter((r) => r.error);
 const git = (...a: string[]) => spawnSync("git", a, { cwd: repoRoot, encoding: "utf8" }).stdout.trim();
 const dirty = git("status", "--porcelain", "--", "src") ? " (+ uncommitted changes in src/)" : "";
@@ -337,9 +351,9 @@ Run by \`node --import tsx bench/models.ts\` (also \`npm run bench -- --only mod
   .join(" ")}
 - the hub: test/helpers/hub.ts (node:http) on 127.0.0.1 answers the API and serves the ${files.length - lfsFiles.length} small files itself; it redirects the ${lfsFiles.length} LFS files (302) to its CDN on another origin, ${
   args.cdn === "nginx"
-    ? "played here by nginx serving the blobs from disk (page cache, sendfile): a node:http server in the harness would share the 2 cores with the client and send the 1 GiB from a Buffer, so the server, not the client, could set the pace"
-    : "the stand-in's own node:http CDN serving from memory"
-}
+    ? "played by nginx serving the blobs from disk (page cache, sendfile; `--cdn nginx`)"
+    : "the stand-in's own node:http CDN, sending from memory (`--cdn nginx` puts nginx there instead)"
+}. The server is not the bottleneck: before the timed runs, curl alone fetched the ${sizeText(big.size)} blob through the redirect into /dev/null at ${fmt(curlMBps, 0)} MB/s (best of 2), ${fmt(curlMBps / fastestMBps, 1)}× the fastest client's overall rate below
 - every run downloads into a fresh empty cache folder (\`HF_HUB_CACHE\` for the CLI, \`cache\` / \`cacheDir\` for the libraries), no token; afterwards refs/main must hold the commit, the snapshot exactly the repo's ${files.length} paths, each a link into blobs/ with the right sha256, and blobs/ nothing else (a missing, extra or wrong file makes the run FAILED, never a number)
 - wall, CPU (user + sys of the client's process tree) and peak RSS (largest single process) by GNU time, as in the other rows; hub requests: API and resolve requests the stand-in hub received in one run (the CDN's are not counted)
 - ÷ dlqueue: the client's median over dlqueue (library)'s; below 1 means less time or CPU than dlqueue
