@@ -5,7 +5,7 @@
 // Run alone: `npm run bench -- --only models` or `node --import tsx bench/models.ts [--reps N] [--quick]`.
 // Alone (and not --quick) it replaces the models section of bench/results.md and writes bench/results-models.png;
 // with --embed (how bench/run.ts calls it) it prints the section on stdout and leaves the chart panel in
-// bench/out/models-panel.json instead.
+// bench/out/models-panel[-nginx].json instead. Each CDN (--cdn node, --cdn nginx) has a section of its own.
 //
 // The hub's API and small files come from test/helpers/hub.ts (node:http, in this process); the LFS bytes, which it
 // redirects to a CDN on another origin, come from the stand-in's own node:http CDN (from memory) by default, or with
@@ -201,6 +201,9 @@ interface Row {
 }
 
 ensureTools();
+// dist/ is built from the working tree: uncommitted src/ changes at the start or the end are noted with the commit.
+const dirtyAtStart =
+  spawnSync("git", ["status", "--porcelain", "--", "src"], { cwd: repoRoot, encoding: "utf8" }).stdout.trim() !== "";
 if (!existsSync(DLQUEUE_DIST)) execFileSync("npm", ["run", "build"], { cwd: repoRoot, stdio: "inherit" });
 const started = performance.now();
 const loadBefore = loadavg();
@@ -301,7 +304,7 @@ const ref = rows.find((r) => r.tool === REFERENCE && ok(r));
 const refWall = ref ? median(ref.samples.map((s) => s.wall)) : undefined;
 const refCpu = ref ? median(ref.samples.map((s) => s.cpu)) : undefined;
 const sizeText = (n: number) => (n >= 2 ** 30 ? `${+(n / 2 ** 30).toFixed(2)} GiB` : `${+(n / MiB).toFixed(1)} MiB`);
-const title = `hf:// repo: ${files.length} files, ${sizeText(totalBytes)} (1 × ${sizeText(big.size)}, ${lfsFiles.length - 1} more LFS, ${files.length - lfsFiles.length} small) into a fresh HF cache`;
+const title = `hf:// repo: ${files.length} files, ${sizeText(totalBytes)} (1 × ${sizeText(big.size)}, ${lfsFiles.length - 1} more LFS, ${files.length - lfsFiles.length} small) into a fresh HF cache, CDN: ${args.cdn === "nginx" ? "nginx" : "the stand-in's node:http"}`;
 const table = [
   "| client | median wall s | (min–max) | MB/s | median CPU s | peak RSS MiB | hub requests | wall ÷ dlqueue | CPU ÷ dlqueue |",
   "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
@@ -330,7 +333,7 @@ const fastestMBps = Math.max(
 );
 const failures = rows.filter((r) => r.error);
 const git = (...a: string[]) => spawnSync("git", a, { cwd: repoRoot, encoding: "utf8" }).stdout.trim();
-const dirty = git("status", "--porcelain", "--", "src") ? " (+ uncommitted changes in src/)" : "";
+const dirty = dirtyAtStart || git("status", "--porcelain", "--", "src") ? " (+ uncommitted changes in src/)" : "";
 const hfVersion = (
   JSON.parse(readFileSync(`${repoRoot}/node_modules/@huggingface/hub/package.json`, "utf8")) as { version: string }
 ).version;
@@ -367,11 +370,12 @@ ${commands.join("\n")}
 </details>
 `;
 
-const BEGIN = "<!-- models:begin -->";
-const END = "<!-- models:end -->";
+const tag = args.cdn === "nginx" ? "models-nginx" : "models";
+const BEGIN = `<!-- ${tag}:begin -->`;
+const END = `<!-- ${tag}:end -->`;
 await mkdir(out, { recursive: true });
 if (args.embed) {
-  await writeFile(`${out}/models-panel.json`, JSON.stringify({ title, bars: panel }));
+  await writeFile(`${out}/${tag}-panel.json`, JSON.stringify({ title, bars: panel }));
   process.stdout.write(`${BEGIN}\n${section}${END}\n`);
 } else {
   const dest = args.quick ? `${out}/results-models.md` : `${repoRoot}/bench/results.md`;
@@ -384,7 +388,7 @@ if (args.embed) {
       ? `${before.slice(0, at)}${block}${before.slice(end + END.length)}`
       : `${before.trimEnd()}${before ? "\n\n" : ""}${block}\n`;
   await writeFile(dest, next);
-  const png = args.quick ? `${out}/results-models.png` : `${repoRoot}/bench/results-models.png`;
+  const png = `${args.quick ? out : `${repoRoot}/bench`}/results-${tag}.png`;
   writeChart([{ title, bars: panel }], png);
   log(`wrote ${dest} and ${png}`);
   console.log(section);

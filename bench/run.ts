@@ -58,7 +58,13 @@ const modelsArgs = (...extra: string[]) => [
   ...(args.quick ? ["--quick"] : []),
   ...extra,
 ];
-if (args.only === "models") process.exit(spawnSync("node", modelsArgs(), { cwd: repo, stdio: "inherit" }).status ?? 1);
+if (args.only === "models") {
+  for (const cdn of ["node", "nginx"]) {
+    const status = spawnSync("node", modelsArgs("--cdn", cdn), { cwd: repo, stdio: "inherit" }).status;
+    if (status !== 0) process.exit(status ?? 1);
+  }
+  process.exit(0);
+}
 const sizes = args.quick ? QUICK : FULL;
 const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
 const benchStart = performance.now();
@@ -269,18 +275,20 @@ if (want("queued")) {
   queued = `### A queue holding many waiting jobs (bench/queued.ts)\n\n${run.status === 0 ? run.stdout : `FAILED (exit ${run.status})`}`;
 }
 
-// A Hugging Face repo of 50 files, one of 1 GiB: dlqueue vs @huggingface/hub's snapshotDownload (bench/models.ts).
+// A Hugging Face repo of 50 files, one of 1 GiB: dlqueue vs @huggingface/hub's snapshotDownload (bench/models.ts),
+// its CDN played once by the stand-in hub's own node:http server and once by nginx: the ratio depends on it.
 let models = "";
-if (want("models")) {
-  const run = spawnSync("node", modelsArgs("--embed"), {
+for (const cdn of want("models") ? ["node", "nginx"] : []) {
+  const run = spawnSync("node", modelsArgs("--embed", "--cdn", cdn), {
     cwd: repo,
     encoding: "utf8",
     stdio: ["ignore", "pipe", "inherit"],
   });
+  const tag = cdn === "nginx" ? "models-nginx" : "models";
   if (run.status === 0) {
-    models = run.stdout;
-    bars.push(JSON.parse(readFileSync(`${out}/models-panel.json`, "utf8")) as { title: string; bars: Bar[] });
-  } else models = `### hf:// repo (bench/models.ts)\n\nFAILED (exit ${run.status})`;
+    models += run.stdout;
+    bars.push(JSON.parse(readFileSync(`${out}/${tag}-panel.json`, "utf8")) as { title: string; bars: Bar[] });
+  } else models += `### hf:// repo, CDN ${cdn} (bench/models.ts)\n\nFAILED (exit ${run.status})\n`;
 }
 
 // dist/ is built from the working tree, which may be ahead of the last commit.
