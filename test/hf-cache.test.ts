@@ -35,17 +35,17 @@ describe("where the cache is", () => {
     assert.equal(hfCacheRoot({ HF_HUB_CACHE: "$UNSET_VAR/hub" }), "$UNSET_VAR/hub");
   });
 
-  test("repo folders, blobs, partials and snapshots are named as huggingface_hub names them", () => {
+  test("repo folders, blobs, partials and snapshots are named as huggingface_hub names them", async () => {
     const c = "0123456789abcdef0123456789abcdef01234567";
     const sha = "a".repeat(64);
-    assert.equal(repoCacheFolder("/c", "model", "stabilityai/sdxl-vae"), "/c/models--stabilityai--sdxl-vae");
-    assert.equal(repoCacheFolder("/c", "dataset", "org/data"), "/c/datasets--org--data");
-    assert.equal(repoCacheFolder("/c", "space", "org/demo"), "/c/spaces--org--demo");
+    assert.equal(await repoCacheFolder("/c", "model", "stabilityai/sdxl-vae"), "/c/models--stabilityai--sdxl-vae");
+    assert.equal(await repoCacheFolder("/c", "dataset", "org/data"), "/c/datasets--org--data");
+    assert.equal(await repoCacheFolder("/c", "space", "org/demo"), "/c/spaces--org--demo");
     assert.equal(blobPath("/r", sha), `/r/blobs/${sha}`);
     assert.equal(incompleteBlobPath("/r", sha), `/r/blobs/${sha}.incomplete`);
     assert.equal(snapshotPath("/r", c), `/r/snapshots/${c}`);
     assert.equal(snapshotPath("/r", c, "unet/config.json"), `/r/snapshots/${c}/unet/config.json`);
-    assert.throws(() => repoCacheFolder("/c", "model", "../x"), { code: "DLQ_ERR_INVALID_ARGUMENT" });
+    await assert.rejects(() => repoCacheFolder("/c", "model", "../x"), { code: "DLQ_ERR_INVALID_ARGUMENT" });
     assert.throws(() => blobPath("/r", "../../etc"), { code: "DLQ_ERR_INVALID_ARGUMENT" });
     assert.throws(() => snapshotPath("/r", "main"), { code: "DLQ_ERR_INVALID_ARGUMENT" });
     for (const bad of ["../evil", "/abs", "a/../b", "a/./b", "a//b", "C:evil", "\\\\host\\share", "a\\..\\b"]) {
@@ -66,7 +66,7 @@ const FILES: Record<string, string | Buffer> = {
 
 /** What the wiring will do, with plain fs for the bytes: write each blob (unless cached), link it, record the ref. */
 async function materialize(repo: HubRepo, root: string, resolved: HfResolved): Promise<string[]> {
-  const folder = repoCacheFolder(root, resolved.repoType, resolved.repoId);
+  const folder = await repoCacheFolder(root, resolved.repoType, resolved.repoId);
   const written: string[] = [];
   for (const file of resolved.files) {
     if (!(await cachedBlob(folder, file.blobId, file.size))) {
@@ -99,7 +99,7 @@ describe("a cache dlqueue writes is the cache huggingface_hub and @huggingface/h
     const repo = hub.repo("org/pipeline", { files: FILES });
     const resolved = await resolveHfSource(parseHfSource("hf://org/pipeline"), { endpoint: hub.url });
     await materialize(repo, root, resolved);
-    const folder = repoCacheFolder(root, "model", "org/pipeline");
+    const folder = await repoCacheFolder(root, "model", "org/pipeline");
     const { commit } = resolved;
 
     for (const file of resolved.files) {
@@ -164,7 +164,7 @@ describe("a cache dlqueue writes is the cache huggingface_hub and @huggingface/h
     assert.notEqual(second.commit, first.commit);
     assert.deepEqual(await materialize(repo, root, second), ["unet/diffusion_pytorch_model.safetensors"]);
 
-    const folder = repoCacheFolder(root, "model", "org/evolving");
+    const folder = await repoCacheFolder(root, "model", "org/evolving");
     const blobs = await readdir(join(folder, "blobs"));
     assert.equal(blobs.length, Object.keys(FILES).length + 1);
     assert.equal(

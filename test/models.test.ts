@@ -85,7 +85,7 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
 
   test("a nested repo: blobs by id (shared ones once), relative links, the ref; the CDN never sees the token; @huggingface/hub finds every file offline; a second run fetches nothing; a new commit fetches only the changed blob", async (t) => {
     const root = await tempDir(t);
-    const folder = repoCacheFolder(root, "model", "org/pipeline");
+    const folder = await repoCacheFolder(root, "model", "org/pipeline");
     const commit = repo.head();
     const queue = newQueue(t);
     hub.resetRequests();
@@ -206,7 +206,7 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
     await queue.waitForJob(job);
     assert.equal(job.status, "error");
     assert.equal(job.errorType, "ChecksumMismatch");
-    const folder = repoCacheFolder(root, "model", "org/corrupt");
+    const folder = await repoCacheFolder(root, "model", "org/corrupt");
     const commit = bad.head();
     assert.ok(!existsSync(blobPath(folder, sha256Hex(weights))));
     assert.ok(!existsSync(incompleteBlobPath(folder, sha256Hex(weights))), "bytes that cannot be the file are dropped");
@@ -242,7 +242,7 @@ describe("queue.modelDownload(): hf:// into the Hugging Face cache", () => {
     const job = await queue.modelDownload({ source: "hf://org/gated", cache: root });
     await queue.waitForJob(job);
     assert.equal(job.status, "completed", job.error);
-    const folder = repoCacheFolder(root, "model", "org/gated");
+    const folder = await repoCacheFolder(root, "model", "org/gated");
     assert.deepEqual(await readFile(snapshotPath(folder, gated.head(), "model.safetensors")), weights);
     const cdn = hub.cdnRequests();
     assert.ok(cdn.length > 0 && cdn.every((r) => r.authorization === undefined), "no token on the CDN's origin");
@@ -308,7 +308,7 @@ describe("queue.modelDownload(): partials", () => {
     const root = join(await tempDir(t), "cache");
     const weights = randomBytes(1_000_000);
     const repo = hub.repo("org/adopt-incomplete", { files: { "model.safetensors": weights } });
-    const folder = repoCacheFolder(root, "model", "org/adopt-incomplete");
+    const folder = await repoCacheFolder(root, "model", "org/adopt-incomplete");
     await mkdir(join(folder, "blobs"), { recursive: true });
     await writeFile(incompleteBlobPath(folder, sha256Hex(weights)), weights.subarray(0, 400_000));
     hub.resetRequests();
@@ -333,7 +333,7 @@ describe("queue.modelDownload(): segments in the cache", () => {
     const store = join(dir, "queue.db");
     const weights = randomBytes(10 * 1024 * 1024);
     const repo = hub.repo("org/segmented", { files: { "model.safetensors": weights } });
-    const folder = repoCacheFolder(root, "model", "org/segmented");
+    const folder = await repoCacheFolder(root, "model", "org/segmented");
     const blob = blobPath(folder, sha256Hex(weights));
     const incomplete = incompleteBlobPath(folder, sha256Hex(weights));
     hub.cdnBytesPerSec = 2_000_000;
@@ -394,7 +394,7 @@ describe("queue.modelDownload(): jobs sharing blobs", () => {
     repo.branch("v1");
     const v1 = repo.head("v1");
     const main = repo.commit({ "changed.safetensors": changed });
-    const folder = repoCacheFolder(root, "model", "org/shared");
+    const folder = await repoCacheFolder(root, "model", "org/shared");
     hub.cdnBytesPerSec = 3_000_000;
     t.after(() => {
       hub.cdnBytesPerSec = undefined;
@@ -462,7 +462,7 @@ describe("queue.modelDownload() restored from a store", () => {
     assert.equal(restored.commit, gated.head());
     await second.waitForJob(restored);
     assert.equal(restored.status, "completed", restored.error);
-    const folder = repoCacheFolder(root, "model", "org/gated-restart");
+    const folder = await repoCacheFolder(root, "model", "org/gated-restart");
     assert.deepEqual(await readFile(snapshotPath(folder, gated.head(), "model.safetensors")), weights);
     assert.equal(await readRef(folder, "main"), gated.head());
     assert.ok(hub.hubRequests().every((r) => r.authorization === "Bearer hf_restart"));
@@ -553,7 +553,7 @@ describe("queue.modelDownload() after a crash", () => {
     const store = join(dir, "queue.db");
     const big = randomBytes(3_000_000);
     const repo = hub.repo("org/slow", { files: { "big.safetensors": big, "config.json": '{"x":1}' } });
-    const folder = repoCacheFolder(root, "model", "org/slow");
+    const folder = await repoCacheFolder(root, "model", "org/slow");
     hub.cdnBytesPerSec = 1_500_000;
     t.after(() => {
       hub.cdnBytesPerSec = undefined;

@@ -17,7 +17,6 @@ import type { Stats } from "node:fs";
 import { copyFile, lstat, mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
 import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
-import { getRepoFolderName } from "@huggingface/hub";
 import { InvalidArgumentError, UnsafePathError } from "../errors.js";
 
 export type HfRepoType = "model" | "dataset" | "space";
@@ -60,10 +59,12 @@ export function hfCacheRoot(env: Env = process.env): string {
 }
 
 /** `<root>/models--ORG--REPO` (datasets--…, spaces--…), named by @huggingface/hub so both libraries agree. */
-export function repoCacheFolder(root: string, repoType: HfRepoType, repoId: string): string {
+export async function repoCacheFolder(root: string, repoType: HfRepoType, repoId: string): Promise<string> {
   if (!/^[\w.-]+(\/[\w.-]+)?$/.test(repoId) || repoId.includes("..") || repoId.includes("--")) {
     throw new InvalidArgumentError(`Invalid repo id ${JSON.stringify(repoId)}: expected ORG/REPO.`);
   }
+  // Loaded when a model is planned, not when the queue starts (see resolveHfSource).
+  const { getRepoFolderName } = await import("@huggingface/hub");
   return join(root, getRepoFolderName({ type: repoType, name: repoId }));
 }
 

@@ -8,7 +8,7 @@
  */
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
-import { type ListFileEntry, listFiles, type PathInfo, pathsInfo } from "@huggingface/hub";
+import type { ListFileEntry, PathInfo } from "@huggingface/hub";
 import { HttpError, InvalidArgumentError } from "../errors.js";
 import { checkRepoPath, expandPath, type HfRepoType, hfHome } from "../files/hf-cache.js";
 import {
@@ -333,6 +333,8 @@ export async function resolveHfSource(spec: HfSource, options: ResolveHfOptions 
     throw new BadApiResponseError(infoUrl, "no commit sha");
   }
 
+  // Loaded here, not at start-up: every `dlqueue get` of a plain URL would otherwise pay for the hub's library.
+  const { listFiles, pathsInfo } = await import("@huggingface/hub");
   let entries: Array<ListFileEntry | PathInfo> = [];
   // expand=false: expanding makes the hub compute each file's last commit, with pages 20× smaller; nothing here uses it.
   const listing = (path?: string) =>

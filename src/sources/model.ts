@@ -126,7 +126,7 @@ async function planHf(request: ModelDownloadRequest, env: Env): Promise<ModelPla
   }
 
   const root = typeof request.cache === "string" ? resolve(request.cache) : hfCacheRoot(env);
-  const folder = repoCacheFolder(root, spec.repoType, spec.repoId);
+  const folder = await repoCacheFolder(root, spec.repoType, spec.repoId);
   const snapshot = snapshotPath(folder, resolved.commit);
   const plan: SnapshotPlan = { folder, revision: spec.revision, commit: resolved.commit, links: {} };
   const parts: PlannedPart[] = [];
