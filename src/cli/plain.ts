@@ -60,7 +60,11 @@ export class PlainProgress {
         this.#write(`${name}: already complete (${formatBytes(job.bytes)})`);
         return;
       }
-      const seconds = (performance.now() - state.startedAt) / 1000;
+      // Timed as the summary table times it (the job's start to its end), so the two lines agree.
+      const seconds =
+        job.jobStarted && job.jobEnded
+          ? (job.jobEnded.getTime() - job.jobStarted.getTime()) / 1000
+          : (performance.now() - state.startedAt) / 1000;
       const moved = job.bytes - state.startBytes;
       const speed = seconds > 0 && moved > 0 ? `, ${formatSpeed(moved / seconds)}` : "";
       this.#write(`${name}: done, ${formatBytes(job.bytes)} in ${formatDuration(seconds)}${speed}`);
