@@ -2,8 +2,12 @@ import { isAbsolute, posix, win32 } from "node:path";
 import contentDisposition from "content-disposition";
 import { UnsafePathError } from "../errors.js";
 
-/** Most filesystems cap a name at 255 bytes; keep a margin for the `.downloading` suffix. */
-const MAX_NAME_BYTES = 200;
+/**
+ * Most filesystems cap a name at 255 bytes; a file's own name keeps a margin for its partial's suffixes
+ * (`.downloading.segments.json`, `.downloading-<pid>-<n>`). Names from a server are cut to it; the service refuses
+ * longer ones.
+ */
+export const MAX_NAME_BYTES = 200;
 const FALLBACK_NAME = "download";
 // biome-ignore lint/suspicious/noControlCharactersInRegex: matching control characters is the point
 const CONTROL_CHARS = /[\u0000-\u001f\u007f-\u009f]/;

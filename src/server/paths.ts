@@ -6,6 +6,7 @@
 import { lstat, mkdir, realpath, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, sep } from "node:path";
 import { DlqError } from "../errors.js";
+import { MAX_NAME_BYTES } from "../files/names.js";
 
 export class DestinationOutsideRootError extends DlqError {
   constructor(message: string) {
@@ -22,11 +23,6 @@ export class NameTooLongError extends DlqError {
 
 /** What Linux, macOS and Windows file systems allow for one name. */
 const NAME_MAX_BYTES = 255;
-/**
- * A file's own name leaves room for its partial's suffixes (`.downloading.segments.json`, `.downloading-<pid>-<n>`);
- * the queue cuts names it takes from a server to the same length (files/names.ts).
- */
-const FILE_NAME_MAX_BYTES = 200;
 
 /** Creates the root if needed and returns its real path, which every check below compares against. */
 export async function prepareRoot(root: string): Promise<string> {
@@ -64,11 +60,11 @@ export async function resolveDest(root: string, dest: string): Promise<string> {
     }
   }
   const last = segments.at(-1);
-  if (last !== undefined && !/[\\/]$/.test(dest) && Buffer.byteLength(last) > FILE_NAME_MAX_BYTES) {
+  if (last !== undefined && !/[\\/]$/.test(dest) && Buffer.byteLength(last) > MAX_NAME_BYTES) {
     if (!(await isDirectory(join(root, dest)))) {
       throw new NameTooLongError(
         `dest ${shownName(dest)} names a file of ${Buffer.byteLength(last)} bytes (${shownName(last)}); a file name ` +
-          `may have at most ${FILE_NAME_MAX_BYTES} bytes (UTF-8), to leave room for its partial file's suffix: ` +
+          `may have at most ${MAX_NAME_BYTES} bytes (UTF-8), to leave room for its partial file's suffix: ` +
           'shorten it, or end dest with "/" to make it a folder.',
       );
     }

@@ -3,7 +3,8 @@
  * public REST API (https://developer.civitai.com/site/reference/model-versions) to the files of one model version,
  * with the SHA256 Civitai publishes so the bytes can be checked while they stream.
  */
-import { HttpError, InvalidArgumentError } from "../errors.js";
+import { HttpError } from "../errors.js";
+import { endpointFromEnv, readJson } from "./api.js";
 import {
   BadApiResponseError,
   CivitaiAccessError,
@@ -82,19 +83,7 @@ export function parseCivitaiSource(source: string, endpoint?: string): CivitaiSo
 
 /** CIVITAI_ENDPOINT, else https://civitai.com: mirrors and tests point it elsewhere. */
 export function civitaiEndpoint(env: Env = process.env): string {
-  const value = (env.CIVITAI_ENDPOINT || DEFAULT_CIVITAI_ENDPOINT).replace(/\/+$/, "");
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new InvalidArgumentError(
-      `CIVITAI_ENDPOINT ${JSON.stringify(value)} is not a URL: give e.g. https://civitai.com.`,
-    );
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new InvalidArgumentError(`CIVITAI_ENDPOINT must be an http:// or https:// URL, not ${url.protocol}.`);
-  }
-  return value;
+  return endpointFromEnv(env, "CIVITAI_ENDPOINT", DEFAULT_CIVITAI_ENDPOINT);
 }
 
 /** CIVITAI_TOKEN, trimmed; never logged. Creators can require a login for downloads, not only for early access. */
@@ -194,11 +183,7 @@ export async function resolveCivitaiSource(
       }
       throw new HttpError(response.status, response.statusText || "Error", url);
     }
-    try {
-      return await response.json();
-    } catch {
-      throw new BadApiResponseError(url, "a body that is not JSON");
-    }
+    return readJson(response, url);
   };
 
   let version: ApiVersion;

@@ -11,6 +11,7 @@ import { join } from "node:path";
 import type { ListFileEntry, PathInfo } from "@huggingface/hub";
 import { HttpError, InvalidArgumentError } from "../errors.js";
 import { checkRepoPath, expandPath, type HfRepoType, hfHome } from "../files/hf-cache.js";
+import { endpointFromEnv, readJson } from "./api.js";
 import {
   BadApiResponseError,
   HubAccessError,
@@ -148,19 +149,7 @@ function isSpecialRef(revision: string): boolean {
 
 /** HF_ENDPOINT as huggingface_hub reads it: default https://huggingface.co, trailing slashes dropped. */
 export function hfEndpoint(env: Env = process.env): string {
-  const value = (env.HF_ENDPOINT || DEFAULT_HF_ENDPOINT).replace(/\/+$/, "");
-  let url: URL;
-  try {
-    url = new URL(value);
-  } catch {
-    throw new InvalidArgumentError(
-      `HF_ENDPOINT ${JSON.stringify(value)} is not a URL: give e.g. https://huggingface.co.`,
-    );
-  }
-  if (url.protocol !== "http:" && url.protocol !== "https:") {
-    throw new InvalidArgumentError(`HF_ENDPOINT must be an http:// or https:// URL, not ${url.protocol}.`);
-  }
-  return value;
+  return endpointFromEnv(env, "HF_ENDPOINT", DEFAULT_HF_ENDPOINT);
 }
 
 /** Tokens as huggingface_hub's `_clean_token` leaves them: no CR/LF anywhere, trimmed, empty = none. */
@@ -500,12 +489,4 @@ function guardedFetch(endpoint: string, token: string | undefined, spec: HfSourc
     await response.body?.cancel();
     throw hubErrorFromResponse(response, url, spec, endpoint, sameOrigin && token !== undefined);
   };
-}
-
-async function readJson(response: Response, url: string): Promise<unknown> {
-  try {
-    return await response.json();
-  } catch {
-    throw new BadApiResponseError(url, "a body that is not JSON");
-  }
 }
