@@ -264,3 +264,30 @@ export function classifyFailure(err: unknown, path: string): Error {
   }
   return fsError(err, path);
 }
+
+/** The shared queue's Redis cannot be reached; what is already queued stays in Redis. */
+export class RedisUnavailableError extends DlqError {
+  constructor(where: string, cause?: unknown) {
+    super(
+      `Redis at ${where} cannot be reached (${cause instanceof Error ? cause.message : String(cause ?? "no connection")}): ` +
+        "start it or check the --redis URL; jobs already queued are kept in Redis and go on once it is back.",
+      "DLQ_ERR_REDIS_UNAVAILABLE",
+      { cause },
+    );
+  }
+}
+
+/**
+ * A per-job token or credential header on the shared queue without a shared secret: it would sit in Redis in
+ * clear, so it is refused.
+ */
+export class SecretRequiredError extends DlqError {
+  constructor(what: string) {
+    super(
+      `${what} cannot be queued on a shared queue without a shared secret: it would be stored in Redis in clear. ` +
+        "Set DLQUEUE_SECRET (the same value on every API node and worker) to store it encrypted, or give workers " +
+        "their tokens (HF_TOKEN, CIVITAI_TOKEN, the tokens option) instead.",
+      "DLQ_ERR_SECRET_REQUIRED",
+    );
+  }
+}

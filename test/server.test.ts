@@ -8,7 +8,7 @@ import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
 import type { DownloadQueue } from "../src/index.js";
 import { EventHub, type HubEvent } from "../src/server/events.js";
-import { prepareRoot, resolveDest } from "../src/server/paths.js";
+import { prepareRoot, resolveDest } from "../src/files/root.js";
 import { isLoopbackHost, tokenMatches } from "../src/server/security.js";
 import { createService } from "../src/server/service.js";
 import {

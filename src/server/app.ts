@@ -15,7 +15,7 @@ import { defaultLogger, type Logger } from "../logger.js";
 import type { DownloadQueue } from "../queue.js";
 import { VERSION } from "../version.js";
 import { EventHub, type EventHubOptions } from "./events.js";
-import { prepareRoot } from "./paths.js";
+import { prepareRoot } from "../files/root.js";
 import { API_PREFIX, queueRoutes } from "./routes.js";
 import { errorSchema, jobSchema, multiJobSchema, validationErrorSchema } from "./schemas.js";
 import { installAccessControl, markRoutesPublic } from "./security.js";

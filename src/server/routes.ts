@@ -18,7 +18,7 @@ import {
   type WireMultiFileDownloadRequest,
 } from "../wire.js";
 import { type EventHub, streamEvents } from "./events.js";
-import { resolveDest } from "./paths.js";
+import { resolveDest } from "../files/root.js";
 import {
   badRequest,
   downloadBody,

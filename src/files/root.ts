@@ -6,7 +6,7 @@
 import { lstat, mkdir, realpath, stat } from "node:fs/promises";
 import { isAbsolute, join, relative, sep } from "node:path";
 import { DlqError } from "../errors.js";
-import { MAX_NAME_BYTES } from "../files/names.js";
+import { MAX_NAME_BYTES } from "./names.js";
 
 export class DestinationOutsideRootError extends DlqError {
   constructor(message: string) {
