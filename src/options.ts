@@ -111,6 +111,12 @@ export interface DownloadRequest extends DownloadCallbacks<DownloadJob> {
   maxBytesPerSecond?: number;
   /** Fetch again even when the final path already holds the complete file (default: the queue's `overwrite`). */
   overwrite?: boolean;
+  /**
+   * A key that names the job across processes: a worker of the shared queue passes its job's key, so the worker
+   * that inherits a job whose first worker died may take over the file lock that worker left, even from another
+   * host. Not kept in the store: it means nothing after a restart.
+   */
+  lease?: string;
 }
 
 export interface RemoteFile {

@@ -330,7 +330,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
 
   #submit(request: DownloadRequest, placement: { exactPath: boolean; parent: MultiRuntime | undefined }): JobRuntime {
     this.#assertOpen();
-    const { source, dest, priority, sha256, size } = checkRequest(request);
+    const { source, dest, priority, sha256, size, lease } = checkRequest(request);
     const limiter = placement.parent
       ? placement.parent.limiter
       : rateLimiter(request.maxBytesPerSecond, "maxBytesPerSecond");
@@ -343,6 +343,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       parent: placement.parent,
       limiter,
       overwrite: request.overwrite,
+      lease,
     });
     this.#schedule(runtime);
     return runtime;
@@ -354,7 +355,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     callbacks: DownloadCallbacks<DownloadJob>,
     how: Pick<
       JobRuntime,
-      "headers" | "accessToken" | "destIsFolder" | "exactPath" | "parent" | "limiter" | "overwrite"
+      "headers" | "accessToken" | "destIsFolder" | "exactPath" | "parent" | "limiter" | "overwrite" | "lease"
     >,
   ): JobRuntime {
     const runtime = new JobRuntime(
@@ -367,6 +368,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       how.parent,
       how.limiter,
       how.overwrite,
+      how.lease,
     );
     this.#jobs.set(job.id, runtime);
     return runtime;
@@ -581,6 +583,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
           expectedSize: job.size,
           sha256: job.sha256,
           overwrite: runtime.overwrite ?? this.#overwrite,
+          lease: runtime.lease,
           pace: pacer([runtime.limiter, this.#limiter], controller.signal),
         },
         this.#settings,

@@ -90,6 +90,8 @@ export class JobRuntime {
     readonly limiter: RateLimiter | undefined,
     /** Fetch even when the final file is already complete; undefined: the queue's `overwrite`. */
     readonly overwrite: boolean | undefined,
+    /** The request's `lease`, for the file lock; never in the store (a restored job has none). */
+    readonly lease?: string,
   ) {}
 
   /** For the heap. */

@@ -124,6 +124,7 @@ export interface CheckedRequest {
   priority: number;
   sha256: string | undefined;
   size: number | undefined;
+  lease: string | undefined;
 }
 
 export function checkRequest(request: DownloadRequest): CheckedRequest {
@@ -131,7 +132,7 @@ export function checkRequest(request: DownloadRequest): CheckedRequest {
   const dest = checkDest(request.dest);
   const priority = checkPriority(request.priority);
   const { sha256, size } = checkExpectations(request);
-  return { source, dest, priority, sha256, size };
+  return { source, dest, priority, sha256, size, lease: checkLease(request.lease) };
 }
 
 /** A multi-file request, checked: every part's URL and path, before any part is queued. */
@@ -182,6 +183,20 @@ function checkExpectations(expect: { sha256?: string; size?: number }): { sha256
     throw new InvalidArgumentError("sha256 must be 64 hexadecimal characters.");
   }
   return { sha256: expect.sha256?.toLowerCase(), size: expect.size };
+}
+
+/**
+ * The lease goes into the lock's symbolic link (or file) as it is; a control character would end or garble it, and
+ * a link's target has a length limit.
+ */
+function checkLease(lease: string | undefined): string | undefined {
+  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
+  if (lease !== undefined && (typeof lease !== "string" || !/^[^\x00-\x1f\x7f]{1,1000}$/.test(lease))) {
+    throw new InvalidArgumentError(
+      "lease must be a job key of 1 to 1000 characters without control characters (such as a shared queue's job id).",
+    );
+  }
+  return lease;
 }
 
 function checkDest(dest: string): string {

@@ -103,6 +103,8 @@ export interface TransferRequest {
   sha256?: string;
   /** Fetch even when the final path already holds the complete file. */
   overwrite?: boolean;
+  /** The job's key across processes: may take over another host's lock that names it (see lockPartial). */
+  lease?: string;
   /** Paces reads (the rate limits): a promise holds the socket paused until the bytes read are paid for. */
   pace?: (bytes: number) => Promise<void> | undefined;
 }
@@ -230,7 +232,7 @@ class FileTransfer {
 
   /** One writer per final path: taken once the path is known, held across retries. */
   async #claim(path: string): Promise<void> {
-    this.#unlock ??= await lockPartial(path);
+    this.#unlock ??= await lockPartial(path, this.req.lease);
     this.#partialPath = await this.#partialOnDisk(path);
   }
 
