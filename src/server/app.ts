@@ -11,11 +11,11 @@ import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import Fastify, { type FastifyError, type FastifyInstance } from "fastify";
 import { DlqError } from "../errors.js";
+import { prepareRoot } from "../files/root.js";
 import { defaultLogger, type Logger } from "../logger.js";
-import type { DownloadQueue } from "../queue.js";
+import type { JobQueue } from "../queue-api.js";
 import { VERSION } from "../version.js";
 import { EventHub, type EventHubOptions } from "./events.js";
-import { prepareRoot } from "../files/root.js";
 import { API_PREFIX, queueRoutes } from "./routes.js";
 import { errorSchema, jobSchema, multiJobSchema, validationErrorSchema } from "./schemas.js";
 import { installAccessControl, markRoutesPublic } from "./security.js";
@@ -27,7 +27,7 @@ export interface ServerOptions {
    * The queue to serve. This server checks only what is submitted to it: unless allowPrivateNetworks, the queue must
    * check redirects and connections itself, as the one createService() (service.ts) builds does.
    */
-  queue: DownloadQueue;
+  queue: JobQueue;
   /** Every dest is resolved inside this folder, created if missing. */
   root: string;
   /** Required on anything under /api when set: `Authorization: Bearer <token>`. */
@@ -153,6 +153,9 @@ const STATUS_OF_CODE: Record<string, number> = {
   DLQ_ERR_UNKNOWN_JOB_ID: 404,
   DLQ_ERR_INVALID_JOB_ID: 404,
   DLQ_ERR_QUEUE_STOPPED: 503,
+  // The shared queue's Redis is down: the request may succeed once it is back.
+  DLQ_ERR_REDIS_UNAVAILABLE: 503,
+  DLQ_ERR_SECRET_REQUIRED: 400,
   DLQ_ERR_HF_REPO_NOT_FOUND: 404,
   DLQ_ERR_HF_REVISION_NOT_FOUND: 404,
   DLQ_ERR_HF_ENTRY_NOT_FOUND: 404,

@@ -5,7 +5,7 @@
  * a held progress event rather than overtake it, so a client sees each job's events in the order they happened.
  */
 import type { ServerResponse } from "node:http";
-import type { DownloadQueue } from "../queue.js";
+import type { JobQueue } from "../queue-api.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 
 const EVENT_NAMES = Object.keys({
@@ -49,7 +49,7 @@ interface Held {
 }
 
 export class EventHub {
-  readonly #queue: DownloadQueue;
+  readonly #queue: JobQueue;
   readonly #capacity: number;
   readonly #intervalMs: number;
   readonly #ring: HubEvent[] = [];
@@ -60,7 +60,7 @@ export class EventHub {
   readonly #held = new Map<number, Held>();
   readonly #listeners: [QueueEventName, (payload: QueueEventPayloads[QueueEventName]) => void][];
 
-  constructor(queue: DownloadQueue, options: EventHubOptions = {}) {
+  constructor(queue: JobQueue, options: EventHubOptions = {}) {
     this.#queue = queue;
     this.#capacity = options.capacity ?? 2000;
     this.#intervalMs = options.progressIntervalMs ?? 250;

@@ -5,8 +5,9 @@
 import { resolve } from "node:path";
 import type { FastifyInstance } from "fastify";
 import { DlqError } from "../errors.js";
+import { resolveDest } from "../files/root.js";
 import { MultiFileDownloadJob } from "../job.js";
-import type { DownloadQueue } from "../queue.js";
+import type { JobQueue } from "../queue-api.js";
 import { civitaiEndpoint, isCivitaiSource } from "../sources/civitai.js";
 import { hfEndpoint, isHfSource, parseHfSource } from "../sources/hf.js";
 import {
@@ -18,7 +19,6 @@ import {
   type WireMultiFileDownloadRequest,
 } from "../wire.js";
 import { type EventHub, streamEvents } from "./events.js";
-import { resolveDest } from "../files/root.js";
 import {
   badRequest,
   downloadBody,
@@ -37,7 +37,7 @@ import { type AddressPolicy, assertPublicUrl, parseSource } from "./ssrf.js";
 export const API_PREFIX = "/api/v1/download_queue";
 
 export interface RouteOptions {
-  queue: DownloadQueue;
+  queue: JobQueue;
   hub: EventHub;
   /** Real path of the download root. */
   root: string;
@@ -67,8 +67,9 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (_request, reply) => {
+      // Read before the list: an event published while a shared queue answers is then replayed, not missed.
       reply.header(LAST_EVENT_HEADER, String(hub.lastId));
-      return queue.listJobs().map(jobToRest);
+      return (await queue.listJobs()).map(jobToRest);
     },
   );
 
@@ -84,7 +85,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (_request, reply) => {
-      queue.pruneJobs();
+      await queue.pruneJobs();
       return reply.code(204).send();
     },
   );
@@ -123,7 +124,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       // The schema requires dest for anything but a model source.
       const wire = body as WireDownloadRequest;
       const dest = await resolveDest(root, wire.dest);
-      return jobToRest(queue.download(downloadRequestFromWire(wire, dest)));
+      return jobToRest(await queue.download(downloadRequestFromWire(wire, dest)));
     },
   );
 
@@ -164,7 +165,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       const dest = await resolveDest(root, body.dest);
       // The queue keeps each part's path inside dest; this also refuses links below dest that lead out of the root.
       for (const part of body.parts) await resolveDest(root, body.dest ? `${body.dest}/${part.path}` : part.path);
-      return multiJobToRest(queue.multifileDownload(multiFileRequestFromWire(body, dest)));
+      return multiJobToRest(await queue.multifileDownload(multiFileRequestFromWire(body, dest)));
     },
   );
 
@@ -179,7 +180,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
         response: { 200: { type: "array", items: { $ref: "MultiFileDownloadJob#" } } },
       },
     },
-    async () => queue.listMultifileJobs().map(multiJobToRest),
+    async () => (await queue.listMultifileJobs()).map(multiJobToRest),
   );
 
   app.get<{ Params: IdParams }>(
@@ -198,7 +199,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (request) => {
-      const job = queue.idToJob(jobId(request.params.id));
+      const job = await queue.idToJob(jobId(request.params.id));
       return job instanceof MultiFileDownloadJob ? multiJobToRest(job) : jobToRest(job);
     },
   );
@@ -216,7 +217,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (request, reply) => {
-      queue.cancelJob(jobId(request.params.id));
+      await queue.cancelJob(jobId(request.params.id));
       return reply.code(204).send();
     },
   );
@@ -233,7 +234,7 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
     },
     async (_request, reply) => {
-      queue.cancelAllJobs();
+      await queue.cancelAllJobs();
       return reply.code(204).send();
     },
   );
@@ -256,8 +257,8 @@ export async function queueRoutes(app: FastifyInstance, options: RouteOptions): 
       },
       async (request, reply) => {
         const id = jobId(request.params.id);
-        if (action === "pause") queue.pauseJob(id);
-        else queue.resumeJob(id);
+        if (action === "pause") await queue.pauseJob(id);
+        else await queue.resumeJob(id);
         return reply.code(204).send();
       },
     );
