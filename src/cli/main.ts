@@ -5,6 +5,7 @@ import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
 import { addGetCommand, addResumeCommand, outputClosed } from "./get.js";
 import { addServeCommand } from "./serve.js";
+import { addWorkerCommand } from "./worker.js";
 
 const program = new Command("dlqueue")
   .description("A download queue for very large files (AI model weights): parallel, prioritized, resumable.")
@@ -15,6 +16,7 @@ const program = new Command("dlqueue")
 addGetCommand(program);
 addResumeCommand(program);
 addServeCommand(program);
+addWorkerCommand(program);
 
 // A reader that stops early (`dlqueue get URL | head -2`, `dlqueue help get | head`) closes the pipe: the next write
 // fails with EPIPE, which would otherwise crash with a stack trace and leave the downloads' locks behind. A running

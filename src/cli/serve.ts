@@ -1,9 +1,10 @@
 /** `dlqueue serve`: the queue as a local service, with InvokeAI's download_queue API, live events and a web page. */
 import { resolve } from "node:path";
-import { type Command, Option } from "commander";
+import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
+import { DlqError } from "../errors.js";
 import { API_PREFIX } from "../server/routes.js";
 import { isLoopbackHost } from "../server/security.js";
-import type { Service } from "../server/service.js";
+import type { Service, SharedServiceOptions } from "../server/service.js";
 import { integerArgument } from "./numbers.js";
 
 export interface ServeOptions {
@@ -15,6 +16,8 @@ export interface ServeOptions {
   cors?: string;
   maxParallel?: number;
   state?: string;
+  redis?: string;
+  queue?: string;
 }
 
 const HELP = `
@@ -38,9 +41,13 @@ Safety:
   out of it are refused. Sources and redirects to private, loopback and
   link-local addresses are refused unless --allow-private-networks.
 
+Shared queue (--redis): jobs live in Redis, downloaded by this node's worker
+(-j N, or none with -j 0) and by \`dlqueue worker\` processes; DLQUEUE_SECRET
+(the same value everywhere) lets jobs carry their own tokens.
+
 Stops on Ctrl-C or SIGTERM: running downloads keep their partial files (and,
-with --state, come back and resume at the next start). Exit status 0 after a
-clean stop, 2 for bad usage or a port that cannot be used.`;
+with --state or --redis, come back and resume at the next start). Exit status
+0 after a clean stop, 2 for bad usage or a port that cannot be used.`;
 
 export function addServeCommand(program: Command): Command {
   return program
@@ -52,8 +59,14 @@ export function addServeCommand(program: Command): Command {
     .addOption(new Option("--auth-token <token>", "require this Bearer token on the API").env("DLQUEUE_AUTH_TOKEN"))
     .option("--allow-private-networks", "let clients download from private, loopback and link-local addresses")
     .option("--cors <origin>", 'let pages from this origin call the API, e.g. "http://localhost:5173"')
-    .option("-j, --max-parallel <n>", "downloads running at once (default: 5)", integerArgument(1))
+    .option(
+      "-j, --max-parallel <n>",
+      "downloads running at once (default: 5); with --redis, 0 makes this an API node that runs none",
+      integerArgument(0),
+    )
     .option("--state <file>", "keep jobs in this SQLite file, so they survive a restart and resume")
+    .option("--redis <url>", "share the queue through this Redis with other nodes and `dlqueue worker`s")
+    .option("--queue <name>", "with --redis: the queue's name on that Redis (default: dlqueue)")
     .addHelpText("after", HELP)
     .action(async (options: ServeOptions, command: Command) => {
       process.exitCode = await runServe(options, command);
@@ -72,6 +85,13 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   if (options.cors !== undefined && !/^https?:\/\/[^/]+$/.test(options.cors)) {
     usage(`--cors takes an origin such as "http://localhost:5173" (scheme, host, port; no path), not ${options.cors}.`);
   }
+  if (options.queue !== undefined && options.redis === undefined) {
+    usage("--queue names a queue on a shared Redis: add --redis URL.");
+  }
+  const shared = options.redis === undefined ? undefined : await sharedOptions(options, usage);
+  if (options.maxParallel === 0 && !shared) {
+    usage("-j 0 runs no downloads: that is an API node of a shared queue, so it needs --redis URL.");
+  }
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const root = resolve(options.root);
   // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
@@ -85,10 +105,13 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
       cors: options.cors,
       maxParallelDownloads: options.maxParallel,
       store: options.state === undefined ? undefined : resolve(options.state),
+      shared,
     });
     await service.app.listen({ host: options.host, port: options.port });
   } catch (err) {
-    if (err instanceof QueueSetupError) return usage(`cannot open --state ${options.state}: ${err.message}`);
+    if (err instanceof QueueSetupError) {
+      return usage(shared ? `--redis: ${err.message}` : `cannot open --state ${options.state}: ${err.message}`);
+    }
     await service?.close();
     const code = (err as NodeJS.ErrnoException).code;
     const hint =
@@ -109,7 +132,7 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   const privateNetworks = allowPrivateNetworks ? "allowed" : "refused";
   process.stdout.write(
     `dlqueue serve: listening on http://${host}:${port}/ (auth: ${auth}; private networks: ${privateNetworks}); ` +
-      `API ${API_PREFIX}/, docs /docs; downloads go to ${root}\n`,
+      `API ${API_PREFIX}/, docs /docs; downloads go to ${root}${shared ? await sharedSummary(shared, options) : ""}\n`,
   );
 
   const signal = await new Promise<NodeJS.Signals>((done) => {
@@ -130,4 +153,32 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   process.off("SIGINT", force);
   process.off("SIGTERM", force);
   return 0;
+}
+
+/** --redis and --queue as createService() takes them, with DLQUEUE_SECRET; refuses what they cannot go with. */
+async function sharedOptions(options: ServeOptions, usage: (message: string) => never): Promise<SharedServiceOptions> {
+  if (options.state !== undefined) {
+    usage("--state keeps jobs in a local file, --redis keeps them in Redis: give one of them, not both.");
+  }
+  const { secretFromEnv } = await import("../redis/secret.js");
+  try {
+    return { redis: options.redis as string, queueName: options.queue, secret: secretFromEnv() };
+  } catch (err) {
+    if (!(err instanceof DlqError || err instanceof CommanderArgumentError)) throw err;
+    return usage(err.message);
+  }
+}
+
+/** The start line's tail: which Redis (never its password) and queue, and whether this node downloads. */
+async function sharedSummary(shared: SharedServiceOptions, options: ServeOptions): Promise<string> {
+  // Loaded already by the service; imported here so this module does not load ioredis for every command.
+  const [{ redisWhere }, { DEFAULT_QUEUE_NAME }] = await Promise.all([
+    import("../redis/connection.js"),
+    import("../redis/index.js"),
+  ]);
+  const worker =
+    options.maxParallel === 0
+      ? "API node only (-j 0), workers download"
+      : `a worker here runs ${options.maxParallel ?? 5} at once (-j)`;
+  return `; shared queue "${shared.queueName ?? DEFAULT_QUEUE_NAME}" on Redis ${redisWhere(shared.redis)}, ${worker}`;
 }

@@ -8,7 +8,7 @@
 import { lookup as dnsLookup } from "node:dns";
 import { lookup as dnsLookupAll } from "node:dns/promises";
 import { isIP, type LookupFunction } from "node:net";
-import { Agent } from "undici";
+import { Agent, buildConnector } from "undici";
 import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../errors.js";
 
 /** Every address `hostname` resolves to; the hook lets tests stand in for DNS. */
@@ -24,8 +24,8 @@ export interface AddressPolicy {
 export class BlockedAddressError extends DlqError {
   constructor(url: string, address: string, why: string) {
     super(
-      `Refusing ${url}: ${address} is ${why}. dlqueue serve fetches only from public addresses; ` +
-        "start it with --allow-private-networks to allow local and private ones.",
+      `Refusing ${url}: ${address} is ${why}. dlqueue serve and its workers fetch only from public addresses; ` +
+        "start them with --allow-private-networks to allow local and private ones.",
       "DLQ_ERR_BLOCKED_ADDRESS",
     );
   }
@@ -162,10 +162,20 @@ export function guardedLookup(): LookupFunction {
   };
 }
 
-/** The dispatcher a service queue downloads through, unless private networks are allowed: connections checked. */
+/**
+ * The dispatcher a service queue or a shared queue's worker downloads through, unless private networks are allowed:
+ * connections checked. An address given as such (`http://127.0.0.1/`) is checked here too, since no lookup sees it:
+ * a worker takes jobs that no API node of its own checked.
+ */
 export function guardedDispatcher(connectTimeoutMs = 30_000): Agent {
+  const connect = buildConnector({ timeout: connectTimeoutMs, lookup: guardedLookup() });
   return new Agent({
-    connect: { timeout: connectTimeoutMs, lookup: guardedLookup() },
+    connect: (options, callback) => {
+      const host = options.hostname.replace(/^\[|\]$/g, "");
+      const why = isIP(host) ? blockedReason(host) : undefined;
+      if (why) return callback(new BlockedAddressError(`the host ${host}`, host, why), null);
+      connect(options, callback);
+    },
     connectTimeout: connectTimeoutMs,
   });
 }
