@@ -57,7 +57,10 @@ export interface Service<Q extends JobQueue = JobQueue> {
   close(): Promise<void>;
 }
 
-/** The queue could not be created from the options; with a store file, that file could not be opened. */
+/**
+ * The queue could not be created from the options: with a store file, that file could not be opened; with `shared`,
+ * its settings were refused (a Redis URL that is not one, `store` given too).
+ */
 export class QueueSetupError extends Error {
   override name = "QueueSetupError";
 }
@@ -72,6 +75,8 @@ export async function createService(options: ServiceOptions): Promise<Service> {
   const { maxParallelDownloads, store, shared, queueOptions, ...serverOptions } = options;
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const logger = options.logger ?? queueOptions?.logger;
+  // Made before the queue, so a root that cannot be used is reported as such, not as a queue that could not be set up.
+  const sharedRoot = shared ? await prepareRoot(options.root) : undefined;
   // An API node of a shared queue fetches nothing, so it needs no guarded connections.
   const downloads = shared === undefined || maxParallelDownloads !== 0;
   const dispatcher = allowPrivateNetworks || !downloads ? undefined : guardedDispatcher();
@@ -89,7 +94,7 @@ export async function createService(options: ServiceOptions): Promise<Service> {
         throw new Error("a shared queue keeps its jobs in Redis; give either shared or store, not both");
       }
       ({ queue, worker } = await sharedQueue(shared, {
-        root: await prepareRoot(options.root),
+        root: sharedRoot as string,
         logger: logger ?? defaultLogger,
         concurrency: maxParallelDownloads,
         queueOptions: engineOptions,
