@@ -2,7 +2,7 @@ import { EventEmitter } from "node:events";
 import { stat } from "node:fs/promises";
 import { basename, join, resolve, sep } from "node:path";
 import type { Dispatcher } from "undici";
-import { DlqError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
+import { DlqError, InvalidArgumentError, QueueStoppedError, TimeoutError, UnknownJobIdError } from "./errors.js";
 import { cachedBlob, finishSnapshot, incompleteBlobPath, linkBlob, type SnapshotPlan } from "./files/hf-cache.js";
 import { discardPartial, partialsIn } from "./files/partial.js";
 import { PriorityHeap } from "./heap.js";
@@ -238,6 +238,30 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
       }
     }
     this.#store.delete(pruned);
+  }
+
+  /**
+   * Forgets one job that is paused or finished, keeping what it left on disk: a paused job's partial is then free
+   * for another queue or process to resume (a shared-queue worker hands paused jobs back to Redis this way), and a
+   * later job for the same file starts afresh instead of attaching to the paused one.
+   */
+  forgetJob(job: DownloadJob | number): void {
+    const id = typeof job === "number" ? job : job.id;
+    const runtime = this.#jobs.get(id);
+    if (!runtime) throw new UnknownJobIdError(id);
+    const { status } = runtime.job;
+    if (status === DownloadJobStatus.Waiting || status === DownloadJobStatus.Running || runtime.parent) {
+      throw new InvalidArgumentError(
+        runtime.parent
+          ? `Job ${id} is a part of multi-file job ${runtime.parent.job.id}; pruneJobs() forgets it with that job.`
+          : `Job ${id} is ${status}; pause or cancel it first.`,
+      );
+    }
+    const forgotten = [runtime, ...runtime.followers];
+    runtime.leader?.detach(runtime);
+    this.#leaders.delete(runtime);
+    for (const r of forgotten) this.#jobs.delete(r.job.id);
+    this.#store.delete(forgotten.map((r) => r.job.id));
   }
 
   /** Cancels a waiting or running job: its partial file is deleted and nothing appears at the final path. */
