@@ -188,10 +188,15 @@ export class UnsafePathError extends DlqError {
 }
 
 export class FileLockedError extends DlqError {
-  constructor(path: string) {
+  /** `heldBy`: another host's lock, which only a person can tell is stale: who holds it and the way out. */
+  constructor(path: string, heldBy?: { host: string; pid: number; lockPath: string }) {
     super(
-      `${path} is being downloaded by another queue or process (its lock file is held). ` +
-        "Wait for it to finish or stop the other download.",
+      heldBy
+        ? `${path} is being downloaded by process ${heldBy.pid} on host ${heldBy.host} (${heldBy.host}:${heldBy.pid} ` +
+            `holds its lock). Wait for it to finish or stop that download; if that host is gone, delete ` +
+            `${heldBy.lockPath} and run the download again.`
+        : `${path} is being downloaded by another queue or process (its lock file is held). ` +
+            "Wait for it to finish or stop the other download.",
       "DLQ_ERR_FILE_LOCKED",
     );
   }

@@ -130,25 +130,11 @@ export async function lockPartial(finalPath: string, lease?: string): Promise<()
     if (owner.host === HOST) {
       if (isAlive(owner.pid)) throw new FileLockedError(finalPath);
     } else if (lease === undefined || owner.lease !== lease) {
-      throw heldElsewhere(finalPath, lockPath, owner);
+      throw new FileLockedError(finalPath, { host: owner.host, pid: owner.pid, lockPath });
     }
     await removeIfPresent(lockPath);
   }
   throw new FileLockedError(finalPath);
-}
-
-/**
- * The FileLockedError for another host's lock: which process holds it, and the way out when that host is gone,
- * which only a person can tell. errors.ts words FileLockedError for a lock of this host only, hence its message
- * replaced here.
- */
-function heldElsewhere(finalPath: string, lockPath: string, owner: LockOwner): FileLockedError {
-  const error = new FileLockedError(finalPath);
-  error.message =
-    `${finalPath} is being downloaded by process ${owner.pid} on host ${owner.host} (${owner.host}:${owner.pid} ` +
-    `holds its lock). Wait for it to finish or stop that download; if that host is gone, delete ${lockPath} and ` +
-    "run the download again.";
-  return error;
 }
 
 /**
