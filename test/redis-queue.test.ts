@@ -5,7 +5,8 @@ import { after, before, describe, test } from "node:test";
 import type { DownloadJob, MultiFileDownloadJob } from "../src/index.js";
 import { DownloadWorker, RedisDownloadQueue } from "../src/redis/index.js";
 import { fileSha256, tempDir } from "./helpers/fs.js";
-import { type Origin, startOrigin } from "./helpers/origin.js";
+import { startHub } from "./helpers/hub.js";
+import { type Origin, sha256Hex, startOrigin } from "./helpers/origin.js";
 import { type RedisServer, redisPackage, scanAll, startRedis } from "./helpers/redis.js";
 
 const SECRET = "a-shared-secret-of-enough-length";
@@ -168,6 +169,62 @@ describe("RedisDownloadQueue and DownloadWorker (in one process, real redis-serv
     assert.equal(done.downloadPath, join("multi", "sd"));
     assert.equal(ranBy.size, 2, `both workers ran parts: ${JSON.stringify([...ranBy])}`);
     for (const part of parts) assert.equal(await fileSha256(join(root, "multi", part.path)), await part.route.sha256());
+  });
+
+  test("an hf:// repo is planned on the API node and its files fan out to the workers, checked by sha256", async (t) => {
+    const hub = await startHub({ pageSize: 2 });
+    t.after(() => hub.close());
+    const files = {
+      "model_index.json": "{}",
+      "unet/diffusion_pytorch_model.safetensors": Buffer.alloc(300_000, 3),
+      "vae/diffusion_pytorch_model.safetensors": Buffer.alloc(200_000, 4),
+      "text_encoder/model.safetensors": Buffer.alloc(100_000, 5),
+    };
+    hub.repo("org/shared-sd", { files });
+    hub.cdnBytesPerSec = 2_000_000;
+    const env = { HF_ENDPOINT: process.env.HF_ENDPOINT, HF_TOKEN_PATH: process.env.HF_TOKEN_PATH };
+    process.env.HF_ENDPOINT = hub.url;
+    process.env.HF_TOKEN_PATH = "/nonexistent/dlqueue-test-token";
+    t.after(() => Object.assign(process.env, env));
+    const root = await tempDir(t);
+    const shared = names();
+    const queue = apiNode(shared);
+    const job = await queue.modelDownload({ source: "hf://org/shared-sd", dest: "models/sd" });
+    assert.equal(job.downloadParts.length, 4);
+    assert.match(String(job.commit), /^[0-9a-f]{40}$/);
+    const a = await worker(shared, root);
+    const b = await worker(shared, root);
+    const ranBy = new Set<string>();
+    a.on("download_complete", () => ranBy.add("a"));
+    b.on("download_complete", () => ranBy.add("b"));
+    const done = (await queue.waitForJob(job, { timeoutMs: 20_000 })) as MultiFileDownloadJob;
+    assert.equal(done.status, "completed");
+    assert.equal(JSON.parse(JSON.stringify(done)).snapshot_path, join("models", "sd"));
+    assert.equal(ranBy.size, 2, "both workers fetched files");
+    for (const [path, content] of Object.entries(files)) {
+      assert.equal(await fileSha256(join(root, "models", "sd", path)), sha256Hex(content));
+    }
+  });
+
+  test("a worker that closes puts its running job back; another resumes it from the partial with a Range request", async (t) => {
+    const root = await tempDir(t);
+    const shared = names();
+    const queue = apiNode(shared);
+    const route = origin.route("/redis/handover.bin", { size: 4_000_000, throttleBytesPerSec: 2_000_000 });
+    const job = await queue.download({ source: route.url, dest: "h/handover.bin" });
+    const first = await worker(shared, root);
+    await waitUntil(async () => ((await queue.idToJob(job.id)) as DownloadJob).bytes > 500_000);
+    await first.close();
+    const back = (await queue.idToJob(job.id)) as DownloadJob;
+    assert.equal(back.status, "waiting");
+    assert.ok(back.bytes > 0);
+    route.update({ throttleBytesPerSec: undefined });
+    await worker(shared, root);
+    const done = (await queue.waitForJob(job, { timeoutMs: 20_000 })) as DownloadJob;
+    assert.equal(done.status, "completed");
+    assert.equal(await fileSha256(join(root, "h", "handover.bin")), await route.sha256());
+    const resumed = route.requests.at(-1);
+    assert.match(String(resumed?.headers.range), /^bytes=[1-9]\d*-$/);
   });
 
   test("a per-job token is refused without the shared secret, and sealed with it: never in Redis in clear", async (t) => {
