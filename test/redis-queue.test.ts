@@ -1,5 +1,8 @@
 import assert from "node:assert/strict";
-import { access, readdir } from "node:fs/promises";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { access, mkdir, readdir, symlink } from "node:fs/promises";
+import { hostname } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import type { DownloadJob, MultiFileDownloadJob } from "../src/index.js";
@@ -227,6 +230,27 @@ describe("RedisDownloadQueue and DownloadWorker (in one process, real redis-serv
     assert.match(String(resumed?.headers.range), /^bytes=[1-9]\d*-$/);
   });
 
+  test("a file another live process still writes holds its job back instead of failing it", async (t) => {
+    const root = await tempDir(t);
+    const shared = names();
+    const queue = apiNode(shared);
+    const route = origin.route("/redis/locked.bin", { size: 200_000 });
+    const holder = spawn(process.execPath, ["-e", "setTimeout(() => {}, 60000)"], { stdio: "ignore" });
+    t.after(() => holder.kill("SIGKILL"));
+    await mkdir(join(root, "l"), { recursive: true });
+    await symlink(`${hostname()}:${holder.pid}`, join(root, "l", "locked.bin.downloading.lock"));
+    const job = await queue.download({ source: route.url, dest: "l/locked.bin" });
+    await worker(shared, root);
+    await sleep(1500);
+    const held = (await queue.idToJob(job.id)) as DownloadJob;
+    assert.equal(held.status, "waiting", `${held.errorType}: ${held.error}`);
+    holder.kill("SIGKILL");
+    await once(holder, "exit");
+    const done = (await queue.waitForJob(job, { timeoutMs: 20_000 })) as DownloadJob;
+    assert.equal(done.status, "completed");
+    assert.equal(await fileSha256(join(root, "l", "locked.bin")), await route.sha256());
+  });
+
   test("a per-job token is refused without the shared secret, and sealed with it: never in Redis in clear", async (t) => {
     const root = await tempDir(t);
     const shared = names();
@@ -264,7 +288,6 @@ describe("RedisDownloadQueue and DownloadWorker (in one process, real redis-serv
       code: "DLQ_ERR_DEST_OUTSIDE_ROOT",
     });
     const outside = await tempDir(t);
-    const { symlink } = await import("node:fs/promises");
     await symlink(outside, join(root, "link"));
     const job = await queue.download({ source: route.url, dest: "link/escape.bin" });
     await worker(shared, root);

@@ -5,7 +5,7 @@
  */
 import { EventEmitter } from "node:events";
 import { join, relative } from "node:path";
-import { type Job, Queue, UnrecoverableError, WaitingError, Worker } from "bullmq";
+import { DelayedError, type Job, Queue, UnrecoverableError, WaitingError, Worker } from "bullmq";
 import type { Redis } from "ioredis";
 import { DlqError } from "../errors.js";
 import { discardPartial } from "../files/partial.js";
@@ -21,6 +21,9 @@ import { bullJobId, checkRedisUrl, DISCARD, type Layout, layoutOf, patientClient
 import { type ControlAction, type ControlMessage, type FetchData, type SharedJob, SharedJobs } from "./jobs.js";
 import type { DownloadWorkerOptions } from "./options.js";
 import { openSecret } from "./secret.js";
+
+/** How long a job whose file another worker still writes waits before it looks again. */
+const LOCKED_RETRY_MS = 2000;
 
 /** Why a running job is being stopped: asked for (cancel, pause), this worker closing, or its lock lost. */
 type StopReason = ControlAction | "shutdown" | "lost";
@@ -239,6 +242,18 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
         if (parent !== undefined) await this.#partSettled(parent, current);
         return { status: "completed", download_path: current.downloadPath };
       case DownloadJobStatus.Error:
+        if (outcome.errorType === "FileLockedError") {
+          // Another worker still writes this file: one that lost its BullMQ lock while Redis was away, and has not
+          // noticed yet. The job is not failed for that; it waits and looks again (finding it done, or the file free).
+          await write(outcome, undefined, {
+            status: DownloadJobStatus.Waiting,
+            errorType: record.errorType,
+            error: record.error,
+            jobEnded: undefined,
+          });
+          await running.bullJob.moveToDelayed(Date.now() + LOCKED_RETRY_MS, token);
+          throw new DelayedError();
+        }
         await write(outcome, "download_error");
         if (parent !== undefined) await this.#partSettled(parent, current);
         throw new UnrecoverableError(`${outcome.errorType}: ${outcome.error}`);
