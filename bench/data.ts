@@ -68,8 +68,19 @@ export async function sha256File(file: string): Promise<string> {
 }
 
 export async function ensureData(root: string, sizes: Sizes): Promise<DataSet> {
+  const [big, ...rest] = await ensureFiles(root, layout(sizes));
+  if (!big) throw new Error("empty manifest");
+  return {
+    root,
+    big,
+    medium: rest.filter((f) => f.path.startsWith("medium/")),
+    small: rest.filter((f) => f.path.startsWith("small/")),
+  };
+}
+
+/** Random files of the given paths and sizes under `root`, generated once and hashed into a manifest. */
+export async function ensureFiles(root: string, wanted: { path: string; size: number }[]): Promise<DataFile[]> {
   const manifestPath = join(root, "manifest.json");
-  const wanted = layout(sizes);
   let files: DataFile[] = [];
   if (existsSync(manifestPath)) files = JSON.parse(await readFile(manifestPath, "utf8")) as DataFile[];
   // The manifest is trusted only if it describes exactly the wanted layout; otherwise start over.
@@ -78,19 +89,12 @@ export async function ensureData(root: string, sizes: Sizes): Promise<DataSet> {
     wanted.every((w, i) => files[i]?.path === w.path && files[i]?.size === w.size && existsSync(join(root, w.path)));
   if (!valid) {
     const total = wanted.reduce((a, w) => a + w.size, 0);
-    console.log(`generating ${wanted.length} files (${(total / 2 ** 30).toFixed(2)} GiB) in ${root} ...`);
+    console.error(`generating ${wanted.length} files (${(total / 2 ** 30).toFixed(2)} GiB) in ${root} ...`);
     files = [];
     for (const w of wanted) files.push({ ...w, sha256: await generate(join(root, w.path), w.size) });
     await writeFile(manifestPath, JSON.stringify(files, null, 1));
   }
-  const [big, ...rest] = files;
-  if (!big) throw new Error("empty manifest");
-  return {
-    root,
-    big,
-    medium: rest.filter((f) => f.path.startsWith("medium/")),
-    small: rest.filter((f) => f.path.startsWith("small/")),
-  };
+  return files;
 }
 
 /**

@@ -12,6 +12,8 @@ const NEEDED: Record<string, string> = {
   "/usr/bin/time": "time",
   "/usr/bin/curl": "curl",
   "/usr/bin/rsvg-convert": "librsvg2-bin",
+  // The shared queue's row (bench/workers.ts) runs its own Redis.
+  "/usr/bin/redis-server": "redis-server",
 };
 
 export function ensureTools(): void {

@@ -1,6 +1,7 @@
 // `npm run bench`: dlqueue against curl, aria2c and a naive Node client, same server, same run.
 // Flags: --reps N (default 3), --quick (tiny sizes, for development), --only <workload>.
 // --only models runs only the model-repo row (bench/models.ts: dlqueue vs @huggingface/hub's snapshotDownload).
+// --only workers runs only the shared queue's row (bench/workers.ts: 1, 2 and 4 `dlqueue worker`s on BullMQ + Redis).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -64,6 +65,19 @@ if (args.only === "models") {
     if (status !== 0) process.exit(status ?? 1);
   }
   process.exit(0);
+}
+// The shared queue's row likewise: its own redis-server, nginx, throttled origin and worker processes.
+const workersArgs = (repetitions: number, ...extra: string[]) => [
+  "--import",
+  "tsx",
+  `${repo}/bench/workers.ts`,
+  "--reps",
+  String(repetitions),
+  ...(args.quick ? ["--quick"] : []),
+  ...extra,
+];
+if (args.only === "workers") {
+  process.exit(spawnSync("node", workersArgs(reps), { cwd: repo, stdio: "inherit" }).status ?? 1);
 }
 const sizes = args.quick ? QUICK : FULL;
 const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
@@ -291,6 +305,21 @@ for (const cdn of want("models") ? ["node", "nginx"] : []) {
   } else models += `### hf:// repo, CDN ${cdn} (bench/models.ts)\n\nFAILED (exit ${run.status})\n`;
 }
 
+// 1, 2 and 4 `dlqueue worker` processes on one Redis, and the shared queue's enqueue rate (bench/workers.ts). One
+// repetition here keeps the row near two minutes; `--only workers` runs --reps of them.
+let workers = "";
+if (want("workers")) {
+  const run = spawnSync("node", workersArgs(1, "--embed"), {
+    cwd: repo,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  workers =
+    run.status === 0
+      ? run.stdout
+      : `### Shared queue (BullMQ + Redis) (bench/workers.ts)\n\nFAILED (exit ${run.status})\n`;
+}
+
 // dist/ is built from the working tree, which may be ahead of the last commit.
 const dlqueueVersion = [
   spawnSync("git", ["rev-parse", "--short", "HEAD"], { cwd: repo, encoding: "utf8" }).stdout.trim(),
@@ -338,7 +367,8 @@ How to read it:
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
 ${tables.join("\n\n")}
 ${queued ? `\n${queued}` : ""}
-${models ? `\n${models}` : ""}`;
+${models ? `\n${models}` : ""}
+${workers ? `\n${workers}` : ""}`;
 
 const fullRun = !args.quick && !args.only;
 const dest = fullRun ? `${repo}/bench` : out;
