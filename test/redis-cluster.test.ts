@@ -511,19 +511,12 @@ describe("the shared queue end to end: worker processes, an API node, redis-serv
     "Redis down longer than the workers' lock: each job still runs on one worker at a time and completes once",
     {
       timeout: 90_000,
-      todo:
-        "bug: DownloadWorker ignores BullMQ's lockRenewalFailed (src/redis/worker.ts start()), so a worker whose lock " +
-        "expired while Redis was down keeps downloading while BullMQ hands the job to another worker; and the " +
-        "per-job download_paused listener of #run is never removed (MaxListenersExceededWarning)",
     },
     (t) => redisOutage(t, "e2e-long-outage", 2000),
   );
 
   test("a worker process that has run many jobs keeps nothing per finished job (no listener piles up)", {
     timeout: 60_000,
-    todo:
-      "bug: src/redis/worker.ts #run adds a download_paused listener to the local engine per job and removes it " +
-      "only when the job pauses: one more per completed job, MaxListenersExceededWarning from the 11th",
   }, async (t) => {
     const root = await tempDir(t);
     const queueName = "e2e-listeners";

@@ -99,6 +99,13 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
         autorun: true,
       },
     );
+    // BullMQ does not stop a job whose lock it could not renew (Redis away longer than the lock): it hands the job to
+    // another worker once the lock expires. This worker stops writing it, keeping the partial for that one.
+    this.#bullWorker.on("lockRenewalFailed", (jobIds: string[]) => {
+      for (const running of this.#running.values()) {
+        if (jobIds.includes(running.bullJob.id as string)) this.#stopRunning(running, "lost");
+      }
+    });
     let lastComplaint = 0;
     this.#bullWorker.on("error", (err) => {
       // Every reconnection attempt reports; once a minute is enough to say Redis is gone.
@@ -198,6 +205,7 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
     let progressWrite: Promise<void> = Promise.resolve();
     let lastBullProgress = 0;
 
+    let onPaused: ((payload: { id: number }) => void) | undefined;
     const outcome = await new Promise<DownloadJob>((settle) => {
       const local = this.#local.download({
         source: record.source as string,
@@ -223,14 +231,13 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
         onCancelled: settle,
       });
       running.local = local;
-      const onPaused = (payload: { id: number }) => {
-        if (payload.id !== local.id) return;
-        this.#local.off("download_paused", onPaused);
-        settle(local);
+      onPaused = (payload: { id: number }) => {
+        if (payload.id === local.id) settle(local);
       };
       this.#local.on("download_paused", onPaused);
       if (running.reason) this.#stopRunning(running, running.reason);
     });
+    this.#local.off("download_paused", onPaused as (payload: { id: number }) => void);
     await progressWrite;
     // Whatever happens next to this job happens through Redis, maybe on another worker: the local engine lets go of
     // it, so a later run of it here starts afresh from the partial instead of attaching to this paused one.
