@@ -174,6 +174,27 @@ describe("RedisDownloadQueue and DownloadWorker (in one process, real redis-serv
     for (const part of parts) assert.equal(await fileSha256(join(root, "multi", part.path)), await part.route.sha256());
   });
 
+  test("a multi-file job's maxBytesPerSecond caps each of its parts on the workers", async (t) => {
+    const root = await tempDir(t);
+    const shared = names();
+    const queue = apiNode(shared);
+    const parts = [0, 1].map((i) => origin.route(`/redis/capped/${i}.bin`, { size: 300_000 }));
+    await worker(shared, root);
+    const started = Date.now();
+    const job = await queue.multifileDownload({
+      parts: parts.map((route, i) => ({ url: route.url, path: `${i}.bin` })),
+      dest: "capped",
+      maxBytesPerSecond: 200_000,
+    });
+    const done = (await queue.waitForJob(job, { timeoutMs: 20_000 })) as MultiFileDownloadJob;
+    assert.equal(done.status, "completed");
+    // 300 kB at 200 kB/s: at least a second per part even after the limiter's first burst.
+    assert.ok(Date.now() - started >= 900, `took ${Date.now() - started} ms`);
+    for (const [i, route] of parts.entries()) {
+      assert.equal(await fileSha256(join(root, "capped", `${i}.bin`)), await route.sha256());
+    }
+  });
+
   test("an hf:// repo is planned on the API node and its files fan out to the workers, checked by sha256", async (t) => {
     const hub = await startHub({ pageSize: 2 });
     t.after(() => hub.close());

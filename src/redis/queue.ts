@@ -26,6 +26,8 @@ import { sealSecret } from "./secret.js";
 
 /** How long cancelJob/pauseJob wait for the worker running the job to confirm, before returning anyway. */
 const CONFIRM_MS = 5000;
+/** Jobs cancelAllJobs() cancels concurrently. */
+const CANCELS_AT_ONCE = 50;
 /** How long a call waits for a client that is (re)connecting before it reports Redis unreachable. */
 const CONNECT_WAIT_MS = 2000;
 /** join() and waitForJob() look again this often even without an event (one may be missed while reconnecting). */
@@ -151,7 +153,8 @@ export class RedisDownloadQueue extends EventEmitter<QueueEvents> implements Job
         ids[i + 1] as number,
         part.source,
         join(storedDest, part.path),
-        { ...request, headers: "headers" in request ? request.headers : undefined, maxBytesPerSecond: undefined },
+        // Parts run apart, on several workers: the job's rate limit caps each part.
+        { ...request, headers: "headers" in request ? request.headers : undefined },
         { priority, sha256: part.sha256, size: part.size },
       );
       record.parentId = parentId;
@@ -249,14 +252,14 @@ export class RedisDownloadQueue extends EventEmitter<QueueEvents> implements Job
     });
   }
 
+  /** Cancels every unfinished job; many at once, as each is a few round trips (and a running one waits for its worker). */
   async cancelAllJobs(): Promise<void> {
     await this.#call(async () => {
       const all = await this.#jobs.all();
-      for (const job of all)
-        if (job.record.kind === "multi" && !isTerminal(job.record.status)) await this.#stop(job.record.id, "cancel");
-      for (const job of all) {
-        if (job.record.kind === "file" && !isTerminal(job.record.status)) await this.#stop(job.record.id, "cancel");
-      }
+      const unfinished = (kind: StoredJob["kind"]) =>
+        all.filter((job) => job.record.kind === kind && !isTerminal(job.record.status)).map((job) => job.record.id);
+      await eachAtOnce(unfinished("multi"), CANCELS_AT_ONCE, (id) => this.#stop(id, "cancel"));
+      await eachAtOnce(unfinished("file"), CANCELS_AT_ONCE, (id) => this.#stop(id, "cancel"));
     });
   }
 
@@ -518,6 +521,15 @@ export class RedisDownloadQueue extends EventEmitter<QueueEvents> implements Job
       throw new InvalidArgumentError("This RedisDownloadQueue has been stopped; create a new one to queue more.");
     }
   }
+}
+
+/** Runs `work` on every item, at most `limit` at a time. */
+async function eachAtOnce<T>(items: readonly T[], limit: number, work: (item: T) => Promise<void>): Promise<void> {
+  let next = 0;
+  const lane = async () => {
+    while (next < items.length) await work(items[next++] as T);
+  };
+  await Promise.all(Array.from({ length: Math.min(limit, items.length) }, lane));
 }
 
 function partsOf(job: SharedJob, byId: Map<number, StoredJob>): StoredJob[] {
