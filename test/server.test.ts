@@ -6,9 +6,9 @@ import { mkdir, symlink } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { Agent, request } from "undici";
+import { prepareRoot, resolveDest } from "../src/files/root.js";
 import type { DownloadQueue } from "../src/index.js";
 import { EventHub, type HubEvent } from "../src/server/events.js";
-import { prepareRoot, resolveDest } from "../src/files/root.js";
 import { isLoopbackHost, tokenMatches } from "../src/server/security.js";
 import { createService } from "../src/server/service.js";
 import {
