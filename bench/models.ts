@@ -24,6 +24,7 @@ import { type Bar, writeChart } from "./chart.js";
 import { sha256File } from "./data.js";
 import { measure, type Sample } from "./measure.js";
 import { ensureTools, type Nginx, startNginx } from "./nginx.js";
+import { writeSection } from "./sections.js";
 import { DLQUEUE_CLI, DLQUEUE_DIST } from "./tools.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -379,15 +380,7 @@ if (args.embed) {
   process.stdout.write(`${BEGIN}\n${section}${END}\n`);
 } else {
   const dest = args.quick ? `${out}/results-models.md` : `${repoRoot}/bench/results.md`;
-  const before = existsSync(dest) ? await readFile(dest, "utf8") : "";
-  const block = `${BEGIN}\n${section}${END}`;
-  const at = before.indexOf(BEGIN);
-  const end = before.indexOf(END);
-  const next =
-    at >= 0 && end > at
-      ? `${before.slice(0, at)}${block}${before.slice(end + END.length)}`
-      : `${before.trimEnd()}${before ? "\n\n" : ""}${block}\n`;
-  await writeFile(dest, next);
+  await writeSection(dest, tag, section);
   const png = `${args.quick ? out : `${repoRoot}/bench`}/results-${tag}.png`;
   writeChart([{ title, bars: panel }], png);
   log(`wrote ${dest} and ${png}`);

@@ -15,7 +15,7 @@
 // start-up and shutdown are not counted; GNU time (the other rows' measure) could only report whole lifetimes.
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
-import { mkdir, mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { mkdir, mkdtemp, rm } from "node:fs/promises";
 import { cpus, loadavg, release, totalmem } from "node:os";
 import { basename, join } from "node:path";
 import { createInterface } from "node:readline";
@@ -27,6 +27,7 @@ import { type RedisServer, startRedis } from "../test/helpers/redis.js";
 import { ensureFiles } from "./data.js";
 import { measure, verify } from "./measure.js";
 import { ensureTools, type Nginx, startNginx } from "./nginx.js";
+import { writeSection } from "./sections.js";
 import { DLQUEUE_CLI, DLQUEUE_DIST, TOOLS } from "./tools.js";
 
 const repoRoot = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -518,15 +519,7 @@ if (args.embed) {
   process.stdout.write(`${BEGIN}\n${section}${END}\n`);
 } else {
   const dest = args.quick ? `${out}/results-workers.md` : `${repoRoot}/bench/results.md`;
-  const before = existsSync(dest) ? await readFile(dest, "utf8") : "";
-  const block = `${BEGIN}\n${section}${END}`;
-  const at = before.indexOf(BEGIN);
-  const end = before.indexOf(END);
-  const next =
-    at >= 0 && end > at
-      ? `${before.slice(0, at)}${block}${before.slice(end + END.length)}`
-      : `${before.trimEnd()}${before ? "\n\n" : ""}${block}\n`;
-  await writeFile(dest, next);
+  await writeSection(dest, "workers", section);
   log(`wrote ${dest}`);
   console.log(section);
 }
