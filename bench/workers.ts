@@ -52,7 +52,12 @@ const PLAIN = args.quick ? { count: 20, size: 1 * MiB } : { count: 200, size: 8 
 const THROTTLED = args.quick ? { count: 8, size: 2 * MiB } : { count: 40, size: 16 * MiB };
 const ENQUEUE_JOBS = args.quick ? 500 : 10_000;
 const IN_FLIGHT = 100;
-const JOBS_PER_WORKER = 5;
+/**
+ * Jobs each worker runs at once: 5 on the plain files (dlqueue's default), 1 on the throttled origin, so that each
+ * worker is one 50 MB/s connection and adding workers is what adds connections.
+ */
+const PLAIN_JOBS_PER_WORKER = 5;
+const THROTTLED_JOBS_PER_WORKER = 1;
 const CLK_TCK = Number(execFileSync("getconf", ["CLK_TCK"], { encoding: "utf8" }).trim());
 
 interface Workload {
@@ -62,6 +67,8 @@ interface Workload {
   /** Download name → sha256. */
   expected: Map<string, string>;
   bytes: number;
+  /** `dlqueue worker -j`. */
+  jobsPerWorker: number;
 }
 
 interface Sample {
@@ -112,7 +119,7 @@ interface WorkerProcess {
 }
 
 /** `dlqueue worker` from dist/, resolved once it says it takes jobs (its BullMQ worker is connected by then). */
-async function startWorker(redisUrl: string, queueName: string, root: string): Promise<WorkerProcess> {
+async function startWorker(redisUrl: string, queueName: string, root: string, jobs: number): Promise<WorkerProcess> {
   const env = { ...process.env };
   for (const name of ["HF_TOKEN", "CIVITAI_TOKEN", "DLQUEUE_SECRET", "NODE_DEBUG"]) delete env[name];
   const child: ChildProcess = spawn(
@@ -128,7 +135,7 @@ async function startWorker(redisUrl: string, queueName: string, root: string): P
       root,
       "--allow-private-networks",
       "-j",
-      String(JOBS_PER_WORKER),
+      String(jobs),
     ],
     { stdio: ["ignore", "pipe", "pipe"], env },
   );
@@ -191,7 +198,11 @@ async function runShared(redis: RedisServer, admin: Redis, w: Workload, workers:
   const procs: WorkerProcess[] = [];
   const queue = new RedisDownloadQueue({ redis: redis.url, queueName });
   try {
-    procs.push(...(await Promise.all(Array.from({ length: workers }, () => startWorker(redis.url, queueName, root)))));
+    procs.push(
+      ...(await Promise.all(
+        Array.from({ length: workers }, () => startWorker(redis.url, queueName, root, w.jobsPerWorker)),
+      )),
+    );
     await queue.ready();
     const completed = new Set<number>();
     let failure: string | undefined;
@@ -359,6 +370,7 @@ try {
     urls: plainFiles.map((f) => `${nginxUrl}/${f.path}`),
     expected: new Map(plainFiles.map((f) => [f.path, f.sha256])),
     bytes: plainFiles.reduce((a, f) => a + f.size, 0),
+    jobsPerWorker: PLAIN_JOBS_PER_WORKER,
   };
   origin = spawn(
     "node",
@@ -376,6 +388,7 @@ try {
     urls: throttledFiles.map((f) => f.url),
     expected: new Map(throttledFiles.map((f) => [basename(new URL(f.url).pathname), f.sha256])),
     bytes: THROTTLED.count * THROTTLED.size,
+    jobsPerWorker: THROTTLED_JOBS_PER_WORKER,
   };
   log(`redis-server ${redis.url}, nginx ${nginxUrl}, throttled origin ${new URL(throttled.urls[0] as string).host}`);
 
@@ -445,7 +458,7 @@ for (const [w, { rows, get }] of results) {
   const lines = [
     `#### ${w.title}`,
     "",
-    `| workers (-j ${JOBS_PER_WORKER} each) | median wall s | (min–max) | MB/s | speed-up vs 1 worker | workers' CPU s (sum) | CPU ÷ 1 worker | Redis CPU s | machine CPU busy | jobs per worker (min–max) | peak RSS MiB (largest worker) |`,
+    `| workers (-j ${w.jobsPerWorker} each) | median wall s | (min–max) | MB/s | speed-up vs 1 worker | workers' CPU s (sum) | CPU ÷ 1 worker | Redis CPU s | machine CPU busy | jobs per worker (min–max) | peak RSS MiB (largest worker) |`,
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   for (const r of rows) {
@@ -490,7 +503,7 @@ const redisVersion = /v=([\d.]+)/.exec(execFileSync("redis-server", ["--version"
 const nginxVersion = spawnSync("/usr/sbin/nginx", ["-v"], { encoding: "utf8" })
   .stderr.trim()
   .replace(/^nginx version: /, "");
-const workerCommand = `node dist/cli/main.js worker --redis <redis> --queue <queue> --root <root> --allow-private-networks -j ${JOBS_PER_WORKER}`;
+const workerCommand = `node dist/cli/main.js worker --redis <redis> --queue <queue> --root <root> --allow-private-networks -j <n>`;
 const section = `### Shared queue (BullMQ + Redis)
 
 Run by \`node --import tsx bench/workers.ts\` (also \`npm run bench -- --only workers\`, and part of a full \`npm run bench\`).
@@ -500,7 +513,7 @@ Run by \`node --import tsx bench/workers.ts\` (also \`npm run bench -- --only wo
 - **CPU: ${cpus()[0]?.model} × ${cores} cores** — the workers, Redis, the server and this harness share them: ${cores} cores cannot show CPU scaling; ${Math.max(...workerCounts)} workers on them test more connections and the queue's coordination, not more processors. RAM ${fmt(totalmem() / 2 ** 30)} GiB; kernel ${release()}; load average (1/5/15 min) at start ${loadBefore.map((l) => l.toFixed(2)).join(" ")}, at end ${loadavg()
   .map((l) => l.toFixed(2))
   .join(" ")}
-- each run: a fresh queue on one redis-server, N \`${workerCommand}\` processes (default fsync; one shared root on the local ext4 disk, as an NFS mount would be shared), started and connected before the clock starts; the harness (an API node, RedisDownloadQueue from src/) queues every file with ${IN_FLIGHT} \`download()\` calls in flight, and the clock stops at the last \`download_complete\` event it receives
+- each run: a fresh queue on one redis-server, N \`${workerCommand}\` processes (-j ${PLAIN_JOBS_PER_WORKER} on the plain files; -j ${THROTTLED_JOBS_PER_WORKER} on the throttled origin, one 50 MB/s connection per worker, so workers are what add connections; default fsync; one shared root on the local ext4 disk, as an NFS mount would be shared), started and connected before the clock starts; the harness (an API node, RedisDownloadQueue from src/) queues every file with ${IN_FLIGHT} \`download()\` calls in flight, and the clock stops at the last \`download_complete\` event it receives
 - wall: first enqueue to last completion, seconds, median over the repetitions; MB/s = 10^6 bytes per wall second; speed-up = 1 worker's median wall ÷ this row's
 - CPU: user + sys of all worker processes together (from /proc/<pid>/stat) over that same span, median; Redis CPU likewise; the server's and the harness's are not counted. Machine CPU busy: the share of all ${cores} cores' time (from /proc/stat) that was not idle over that span, whoever used it — the origin, this harness and other work on the VM included; near 100 % nothing more can run in parallel. Jobs per worker: how many each finished, over all repetitions. Peak RSS: the largest worker's VmHWM
 - afterwards every job must read \`completed\` and the root must hold exactly the files, each with the right sha256 (a missing, extra or wrong file makes the run FAILED, never a number)
