@@ -144,8 +144,9 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
     const { record } = shared;
     if (shared.control === "cancel") {
       if (record.downloadPath !== undefined) await this.#discard({ id, path: record.downloadPath });
-      await this.#finish(record, DownloadJobStatus.Cancelled, "download_cancelled");
+      const cancelled = await this.#finish(record, DownloadJobStatus.Cancelled, "download_cancelled");
       await this.#jobs.clearControl(id, "cancel");
+      if (record.parentId !== undefined) await this.#partSettled(record.parentId, cancelled);
       return { status: "cancelled" };
     }
     if (shared.control === "pause") {
@@ -329,10 +330,11 @@ export class DownloadWorker extends EventEmitter<QueueEvents> {
     throw new UnrecoverableError(`${failed.errorType}: ${failed.error}`);
   }
 
-  async #finish(record: StoredJob, status: DownloadJobStatus, event: QueueEventName): Promise<void> {
+  async #finish(record: StoredJob, status: DownloadJobStatus, event: QueueEventName): Promise<StoredJob> {
     const finished: StoredJob = { ...record, status, jobEnded: record.jobEnded ?? new Date().toISOString() };
     this.#emitLocal(event, finished);
     await this.#jobs.put(finished, event);
+    return finished;
   }
 
   /** The partial files a cancelled job left, deleted by whichever worker is free first. */
