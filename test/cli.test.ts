@@ -15,7 +15,7 @@ import { after, before, describe, it } from "node:test";
 import { fileURLToPath } from "node:url";
 import { InvalidArgumentError } from "commander";
 import { Agent } from "undici";
-import { tokenRulesFromEnv } from "../src/cli/get.js";
+import { tokenRulesFromEnv } from "../src/cli/env.js";
 import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
 import { integerArgument, parseNumber, parseRate } from "../src/cli/numbers.js";
 import { DownloadQueue } from "../src/index.js";

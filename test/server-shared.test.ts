@@ -177,11 +177,18 @@ describe("BullMQ loads only for the commands that use Redis", {
     return { files, packages };
   }
 
-  test("no static import chain from the CLI's entry reaches bullmq, ioredis or dist/redis", () => {
+  test("no static import chain from the CLI's entry reaches bullmq, ioredis, dist/redis or any command's engine", () => {
     const { files, packages } = staticGraph(CLI);
     // The walk found the CLI's own modules and packages, so a miss below is not a walk that found nothing.
-    assert.ok(files.has(join(ROOT, "dist/cli/get.js")) && files.has(join(ROOT, "dist/cli/worker.js")));
+    assert.ok(files.has(join(ROOT, "dist/cli/get-command.js")) && files.has(join(ROOT, "dist/cli/worker-command.js")));
     assert.ok(packages.has("commander"));
+    // What a command runs loads when it runs: `--version`, `--help` and every other command start without it.
+    for (const engine of ["cli/get.js", "cli/worker.js", "queue.js", "server/app.js", "server/routes.js"]) {
+      assert.ok(!files.has(join(ROOT, "dist", engine)), `${engine} is imported statically`);
+    }
+    for (const heavy of ["undici", "fastify", "better-sqlite3", "string-width"]) {
+      assert.ok(!packages.has(heavy), `${heavy} is imported statically`);
+    }
     assert.ok(!packages.has("bullmq"), "bullmq is imported statically");
     assert.ok(!packages.has("ioredis"), "ioredis is imported statically");
     const redisModules = [...files].filter((file) => file.startsWith(join(ROOT, "dist/redis/")));

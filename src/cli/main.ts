@@ -3,9 +3,10 @@
 import { constants } from "node:os";
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
-import { addGetCommand, addResumeCommand, outputClosed } from "./get.js";
+import { addGetCommand, addResumeCommand } from "./get-command.js";
+import { outputClosed } from "./output.js";
 import { addServeCommand } from "./serve.js";
-import { addWorkerCommand } from "./worker.js";
+import { addWorkerCommand } from "./worker-command.js";
 
 const program = new Command("dlqueue")
   .description("A download queue for very large files (AI model weights): parallel, prioritized, resumable.")

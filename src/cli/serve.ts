@@ -2,7 +2,7 @@
 import { resolve } from "node:path";
 import { type Command, InvalidArgumentError as CommanderArgumentError, Option } from "commander";
 import { DlqError } from "../errors.js";
-import { API_PREFIX } from "../server/routes.js";
+import { API_PREFIX } from "../server/prefix.js";
 import { isLoopbackHost } from "../server/security.js";
 import type { Service, SharedServiceOptions } from "../server/service.js";
 import { integerArgument } from "./numbers.js";

@@ -19,6 +19,7 @@ import {
   type WireMultiFileDownloadRequest,
 } from "../wire.js";
 import { type EventHub, streamEvents } from "./events.js";
+import { API_PREFIX } from "./prefix.js";
 import {
   badRequest,
   downloadBody,
@@ -32,9 +33,6 @@ import {
   unprocessable,
 } from "./schemas.js";
 import { type AddressPolicy, assertPublicUrl, parseSource } from "./ssrf.js";
-
-/** Where InvokeAI serves its download queue router. */
-export const API_PREFIX = "/api/v1/download_queue";
 
 export interface RouteOptions {
   queue: JobQueue;
