@@ -2,7 +2,7 @@
  * Checks of what callers pass in, and the defaults that fill what they leave out. Every error here is thrown before
  * anything is queued or fetched.
  */
-import { type Dispatcher, EnvHttpProxyAgent, ProxyAgent } from "undici";
+import type { Dispatcher } from "undici";
 import { InvalidArgumentError, InvalidUrlError, UnsupportedSchemeError } from "./errors.js";
 import { checkRelativePath } from "./files/names.js";
 import { SpaceLedger } from "./files/space.js";
@@ -16,6 +16,7 @@ import type {
 } from "./options.js";
 import type { TransferSettings } from "./transfer/http.js";
 import { type RateLimiter, rateLimiter } from "./transfer/rate.js";
+import { EnvHttpProxyAgent, ProxyAgent } from "./transfer/undici.js";
 import { VERSION } from "./version.js";
 
 export interface TokenPattern {

@@ -19,8 +19,8 @@ import { tokenRulesFromEnv } from "../src/cli/env.js";
 import { InputFileError, parseInputFile } from "../src/cli/input-file.js";
 import { integerArgument, parseNumber, parseRate } from "../src/cli/numbers.js";
 import { DownloadQueue } from "../src/index.js";
-import { clearedRows, displayWidth, fitWidth, formatDuration, formatLine } from "../src/progress/format.js";
-import { formatBytes } from "../src/units.js";
+import { clearedRows, displayWidth, fitWidth, formatLine } from "../src/progress/format.js";
+import { formatBytes, formatDuration } from "../src/units.js";
 import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 import { systemPackage } from "./helpers/system.js";
 

@@ -1,8 +1,7 @@
 /** Progress as plain lines, for output that is not a terminal. */
 import { basename } from "node:path";
 import type { DownloadJob } from "../job.js";
-import { formatDuration, formatSpeed } from "../progress/format.js";
-import { formatBytes } from "../units.js";
+import { formatBytes, formatDuration, formatSpeed } from "../units.js";
 
 /** A line at least this often for a download in progress, whatever its size. */
 const PLAIN_INTERVAL_MS = 30_000;

@@ -4,9 +4,8 @@ import { debuglog } from "node:util";
 import { type Command, InvalidArgumentError as CommanderArgumentError } from "commander";
 import { DlqError } from "../errors.js";
 import type { Logger } from "../logger.js";
-import { formatDuration } from "../progress/format.js";
 import type { DownloadWorker } from "../redis/index.js";
-import { formatBytes } from "../units.js";
+import { formatBytes, formatDuration } from "../units.js";
 import { tokenRulesFromEnv } from "./env.js";
 import type { WorkerCliOptions } from "./worker-command.js";
 

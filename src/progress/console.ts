@@ -3,8 +3,9 @@
  */
 import { basename } from "node:path";
 import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
+import { formatDuration } from "../units.js";
 import { type BoardLine, showLine } from "./board.js";
-import { formatDuration, formatLine } from "./format.js";
+import { formatLine } from "./format.js";
 import { SpeedMeter } from "./speed.js";
 
 /**

@@ -1,6 +1,6 @@
 /** Text laid out in terminal columns: the lines of the progress board and the summary table. */
 import stringWidth from "string-width";
-import { formatBytes } from "../units.js";
+import { formatBytes, formatSpeed } from "../units.js";
 
 const graphemes = new Intl.Segmenter();
 
@@ -135,17 +135,4 @@ function cutToWidth(text: string, width: number): string {
     outWidth += partWidth;
   }
   return out;
-}
-
-export function formatSpeed(bytesPerSecond: number): string {
-  return `${formatBytes(bytesPerSecond)}/s`;
-}
-
-/** `0:07`, `12:34`, `1:02:03`. */
-export function formatDuration(seconds: number): string {
-  const total = Math.max(0, Math.round(seconds));
-  const h = Math.floor(total / 3600);
-  const m = Math.floor((total % 3600) / 60);
-  const s = String(total % 60).padStart(2, "0");
-  return h > 0 ? `${h}:${String(m).padStart(2, "0")}:${s}` : `${m}:${s}`;
 }

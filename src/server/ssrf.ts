@@ -8,8 +8,8 @@
 import { lookup as dnsLookup } from "node:dns";
 import { lookup as dnsLookupAll } from "node:dns/promises";
 import { isIP, type LookupFunction } from "node:net";
-import { Agent, buildConnector } from "undici";
 import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../errors.js";
+import { Agent, buildConnector } from "../transfer/undici.js";
 
 /** Every address `hostname` resolves to; the hook lets tests stand in for DNS. */
 export type Resolver = (hostname: string) => Promise<string[]>;

@@ -1,7 +1,12 @@
 import { mkdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { dirname } from "node:path";
-import Database from "better-sqlite3";
+import type Database from "better-sqlite3";
 import type { JobStore, StoredJob } from "./store.js";
+
+// Loaded when a store is opened: a queue kept in memory (a quiet `dlqueue get`, most library users) never pays for
+// the native module (30 ms), and a Node whose ABI the addon was not built for can still run it.
+const require = createRequire(import.meta.url);
 
 /** Progress is the only high-rate write; at most once a second is plenty to resume from. */
 const PROGRESS_FLUSH_MS = 1000;
@@ -18,7 +23,8 @@ export class SqliteJobStore implements JobStore {
 
   constructor(readonly path: string) {
     mkdirSync(dirname(path), { recursive: true });
-    this.#db = new Database(path);
+    const open: typeof Database = require("better-sqlite3");
+    this.#db = new open(path);
     this.#db.pragma("journal_mode = WAL");
     // NORMAL in WAL mode stays consistent on a crash; it may lose the last commits on a power cut, which only
     // means resuming a little further back.
