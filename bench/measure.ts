@@ -14,12 +14,19 @@ export interface Sample {
 
 export type Outcome = { ok: true; sample: Sample } | { ok: false; error: string };
 
-export async function measure(cmd: string[], timeFile: string, timeoutMs: number): Promise<Outcome> {
+/** `env` is added to the harness's environment; GNU time hands it on to the command. */
+export async function measure(
+  cmd: string[],
+  timeFile: string,
+  timeoutMs: number,
+  env?: Record<string, string>,
+): Promise<Outcome> {
   const started = performance.now();
   // Own process group, so a hung client can be killed with all its children.
   const proc = spawn("/usr/bin/time", ["-f", "%U %S %M", "-o", timeFile, ...cmd], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
+    env: env && { ...process.env, ...env },
   });
   let output = "";
   const keep = (b: Buffer) => {

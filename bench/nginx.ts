@@ -1,6 +1,6 @@
 // Installs the comparison tools when missing and runs a private, unprivileged nginx on loopback.
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
-import { existsSync } from "node:fs";
+import { existsSync, writeFileSync } from "node:fs";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { createServer } from "node:net";
 import { tmpdir, userInfo } from "node:os";
@@ -11,6 +11,8 @@ const NEEDED: Record<string, string> = {
   "/usr/bin/aria2c": "aria2",
   "/usr/bin/time": "time",
   "/usr/bin/curl": "curl",
+  // The https rows' certificates are made at start.
+  "/usr/bin/openssl": "openssl",
   "/usr/bin/rsvg-convert": "librsvg2-bin",
   // The shared queue's row (bench/workers.ts) runs its own Redis.
   "/usr/bin/redis-server": "redis-server",
@@ -49,10 +51,93 @@ export async function freePort(): Promise<number> {
 
 export interface Nginx {
   baseUrl: string;
+  /** The same files over TLS. */
+  httpsBaseUrl: string;
+  /** The PEM certificate of the CA that signed the https server's certificate: what clients are told to trust. */
+  caPath: string;
   stop(): Promise<void>;
 }
 
-function config(dir: string, root: string, port: number): string {
+/**
+ * A CA and a leaf for 127.0.0.1 signed by it, so that clients verify the server as they would a CDN's (a
+ * self-signed leaf, or verification turned off, would skip work that every real download does).
+ * RSA 2048 rather than EC P-256: Hugging Face's hosts (behind AWS), the downloads this library is most used for,
+ * served Amazon-issued RSA 2048 certificates when this was written, and a client verifies an RSA signature faster
+ * than an ECDSA one, so a client pays here what it pays there. The key type only costs at the handshake; the per-byte cost comes from the cipher (AES-GCM under TLS 1.3),
+ * which is the same either way.
+ */
+function makeCertificates(dir: string): { cert: string; key: string; ca: string } {
+  const file = (name: string) => join(dir, name);
+  writeFileSync(
+    file("ca.cnf"),
+    `[req]
+prompt = no
+distinguished_name = dn
+x509_extensions = ext
+[dn]
+CN = dlqueue bench CA
+[ext]
+basicConstraints = critical, CA:TRUE
+keyUsage = critical, keyCertSign, cRLSign
+subjectKeyIdentifier = hash
+`,
+  );
+  writeFileSync(
+    file("leaf.cnf"),
+    `[req]
+prompt = no
+distinguished_name = dn
+[dn]
+CN = 127.0.0.1
+[ext]
+basicConstraints = critical, CA:FALSE
+keyUsage = critical, digitalSignature, keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1, DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+`,
+  );
+  const openssl = (...args: string[]) => execFileSync("openssl", args, { stdio: ["ignore", "ignore", "pipe"] });
+  const key = ["-newkey", "rsa:2048", "-nodes"];
+  openssl(
+    "req",
+    "-x509",
+    "-config",
+    file("ca.cnf"),
+    ...key,
+    "-keyout",
+    file("ca.key"),
+    "-out",
+    file("ca.pem"),
+    "-days",
+    "7",
+  );
+  openssl("req", "-new", "-config", file("leaf.cnf"), ...key, "-keyout", file("leaf.key"), "-out", file("leaf.csr"));
+  openssl(
+    "x509",
+    "-req",
+    "-in",
+    file("leaf.csr"),
+    "-CA",
+    file("ca.pem"),
+    "-CAkey",
+    file("ca.key"),
+    "-set_serial",
+    "1",
+    "-days",
+    "7",
+    "-extfile",
+    file("leaf.cnf"),
+    "-extensions",
+    "ext",
+    "-out",
+    file("leaf.pem"),
+  );
+  return { cert: file("leaf.pem"), key: file("leaf.key"), ca: file("ca.pem") };
+}
+
+function config(dir: string, root: string, port: number, tls: { port: number; cert: string; key: string }): string {
   // As root, nginx would drop its workers to "nobody"; pin them to us so they can read the data folder.
   const user =
     process.getuid?.() === 0 ? `user ${userInfo().username} ${execFileSync("id", ["-gn"]).toString().trim()};` : "";
@@ -79,6 +164,18 @@ http {
     listen 127.0.0.1:${port};
     root ${root};
   }
+  # As a CDN serves: TLS 1.2 and 1.3, HTTP/1.1 (no http2, which the clients here would not all speak), sessions
+  # cached so a client's new connections may resume. sendfile stays on above, but without kernel TLS nginx reads
+  # and encrypts in user space, as most servers do.
+  server {
+    listen 127.0.0.1:${tls.port} ssl;
+    ssl_certificate ${tls.cert};
+    ssl_certificate_key ${tls.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache shared:SSL:10m;
+    ssl_session_timeout 1h;
+    root ${root};
+  }
 }
 `;
 }
@@ -86,8 +183,11 @@ http {
 export async function startNginx(root: string): Promise<Nginx> {
   const dir = await mkdtemp(join(tmpdir(), "dlqueue-bench-nginx-"));
   const port = await freePort();
+  let tlsPort = port;
+  while (tlsPort === port) tlsPort = await freePort();
+  const { cert, key, ca } = makeCertificates(dir);
   const conf = join(dir, "nginx.conf");
-  await writeFile(conf, config(dir, root, port));
+  await writeFile(conf, config(dir, root, port, { port: tlsPort, cert, key }));
   // -e: the compiled-in error log under /var/log is opened before the config is read.
   const proc: ChildProcess = spawn("/usr/sbin/nginx", ["-p", dir, "-c", conf, "-e", join(dir, "error.log")], {
     stdio: ["ignore", "inherit", "inherit"],
@@ -112,6 +212,8 @@ export async function startNginx(root: string): Promise<Nginx> {
   }
   return {
     baseUrl,
+    httpsBaseUrl: `https://127.0.0.1:${tlsPort}`,
+    caPath: ca,
     async stop() {
       if (!exited) {
         const gone = new Promise((resolve) => proc.once("exit", resolve));

@@ -1,5 +1,6 @@
 // `npm run bench`: dlqueue against curl, aria2c and a naive Node client, same server, same run.
-// Flags: --reps N (default 3), --quick (tiny sizes, for development), --only <workload>.
+// Flags: --reps N (default 3), --quick (tiny sizes, for development), --only <workload>, --no-other-nodes (no rows
+// on Node 22 and 24, which are otherwise installed from npm into bench/out/node/ on first use).
 // --only models runs only the model-repo row (bench/models.ts: dlqueue vs @huggingface/hub's snapshotDownload).
 // --only workers runs only the shared queue's row (bench/workers.ts: 1, 2 and 4 `dlqueue worker`s on BullMQ + Redis).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
@@ -13,7 +14,18 @@ import { type Bar, writeChart } from "./chart.js";
 import { ensureData, ensureSparse, FULL, QUICK } from "./data.js";
 import { measure, type Outcome, type Sample, verify } from "./measure.js";
 import { ensureTools, startNginx } from "./nginx.js";
-import { DLQUEUE_DIST, REFERENCE, TOOLS, type ToolId } from "./tools.js";
+import { ensureOtherNodes, type OtherNode } from "./nodes.js";
+import {
+  CURL,
+  DLQUEUE_DIST,
+  detectCaSupport,
+  type Job,
+  OTHER_NODE_ROWS,
+  REFERENCE,
+  TOOLS,
+  type Tool,
+  type ToolId,
+} from "./tools.js";
 
 const repo = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
 const out = `${repo}/bench/out`;
@@ -32,6 +44,8 @@ interface Workload {
   reps?: number;
   /** A sparse source needs no page cache warmed up. */
   skipWarmUp?: boolean;
+  /** The URLs are https, served with a certificate signed by the bench's own CA. */
+  tls?: boolean;
 }
 
 interface Row {
@@ -46,6 +60,7 @@ const { values: args } = parseArgs({
     reps: { type: "string", default: "3" },
     quick: { type: "boolean", default: false },
     only: { type: "string" },
+    "no-other-nodes": { type: "boolean", default: false },
   },
 });
 const reps = Number(args.reps);
@@ -94,16 +109,30 @@ if (!existsSync(DLQUEUE_DIST)) {
   }
 }
 
-const data = await ensureData(`${out}/${args.quick ? "data-quick" : "data"}`, sizes);
-const nginx = await startNginx(data.root);
 const want = (id: string) => !args.only || args.only === id;
 const skipped: string[] = [];
+// Looked at once, after the build: whether dist/ has the CLI's --ca-certificate and the library's ca option.
+const caSupport = detectCaSupport();
+const NODE_ROW_WORKLOADS = ["big", "medium", "small", "big-tls", "medium-tls"];
+let otherNodes: OtherNode[] = [];
+if (!args["no-other-nodes"] && NODE_ROW_WORKLOADS.some(want)) {
+  const installed = ensureOtherNodes(`${out}/node`);
+  otherNodes = installed.nodes;
+  skipped.push(...installed.problems);
+}
+/** The same clients on each other Node line that is installed, for the workloads that list them. */
+const onOtherNodes = (tools: ToolId[]): ToolId[] =>
+  OTHER_NODE_ROWS.filter((r) => tools.includes(r.of) && otherNodes.some((n) => n.major === r.major)).map((r) => r.tool);
+
+const data = await ensureData(`${out}/${args.quick ? "data-quick" : "data"}`, sizes);
+const nginx = await startNginx(data.root);
 let origin: ChildProcess | undefined;
 
-const files = (fs: { path: string; sha256: string }[]) => ({
-  urls: fs.map((f) => `${nginx.baseUrl}/${f.path}`),
+const files = (fs: { path: string; sha256: string }[], base = nginx.baseUrl) => ({
+  urls: fs.map((f) => `${base}/${f.path}`),
   expected: new Map(fs.map((f) => [f.path.split("/").at(-1) ?? f.path, f.sha256])),
 });
+const withNodes = (tools: ToolId[]) => [...tools, ...onOtherNodes(tools)];
 const gib = (n: number) => `${+(n / 2 ** 30).toFixed(2)} GiB`;
 const size = (n: number) => (n >= 2 ** 30 ? gib(n) : n >= MiB ? `${n / MiB} MiB` : `${n / 1024} KiB`);
 const nginxWorkloads: Workload[] = [
@@ -112,7 +141,7 @@ const nginxWorkloads: Workload[] = [
     title: `1 × ${size(data.big.size)} (nginx)`,
     ...files([data.big]),
     bytes: data.big.size,
-    tools: ["lib", "libNoSync", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"],
+    tools: withNodes(["lib", "libNoSync", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"]),
     source: `${data.root}/${data.big.path}`,
   },
   {
@@ -120,14 +149,31 @@ const nginxWorkloads: Workload[] = [
     title: `${data.medium.length} × ${size(sizes.medium)} (nginx)`,
     ...files(data.medium),
     bytes: data.medium.reduce((a, f) => a + f.size, 0),
-    tools: ["lib", "libNoSync", "cli", "curl", "aria2", "naive"],
+    tools: withNodes(["lib", "libNoSync", "cli", "curl", "aria2", "naive"]),
   },
   {
     id: "small",
     title: `${data.small.length} × ${size(sizes.small)} (nginx)`,
     ...files(data.small),
     bytes: data.small.reduce((a, f) => a + f.size, 0),
-    tools: ["lib", "cli", "curl", "aria2", "naive"],
+    tools: withNodes(["lib", "cli", "curl", "aria2", "naive"]),
+  },
+  // Real model downloads are https: the same files over TLS, each client trusting the bench's CA as its users would.
+  {
+    id: "big-tls",
+    title: `1 × ${size(data.big.size)} (nginx, https)`,
+    ...files([data.big], nginx.httpsBaseUrl),
+    bytes: data.big.size,
+    tools: withNodes(["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive"]),
+    tls: true,
+  },
+  {
+    id: "medium-tls",
+    title: `${data.medium.length} × ${size(sizes.medium)} (nginx, https)`,
+    ...files(data.medium, nginx.httpsBaseUrl),
+    bytes: data.medium.reduce((a, f) => a + f.size, 0),
+    tools: withNodes(["lib", "cli", "curl", "aria2", "naive"]),
+    tls: true,
   },
 ];
 const workloads = nginxWorkloads.filter((w) => want(w.id));
@@ -171,9 +217,21 @@ if (want("throttled")) {
 async function runOnce(w: Workload, tool: ToolId): Promise<{ command: string; outcome: Outcome }> {
   const dir = await mkdtemp(`${out}/runs/dl-`);
   const work = await mkdtemp(`${out}/runs/work-`);
-  const cmd = TOOLS[tool].command({ urls: w.urls, dir, work, source: w.source });
-  const command = cmd
+  const job: Job = {
+    urls: w.urls,
+    dir,
+    work,
+    source: w.source,
+    ca: w.tls ? nginx.caPath : undefined,
+    caSupport,
+    nodes: Object.fromEntries(otherNodes.map((n) => [n.major, n.bin])),
+  };
+  const t: Tool = TOOLS[tool];
+  const cmd = t.command(job);
+  const env = t.env?.(job);
+  const command = [...Object.entries(env ?? {}).map(([k, v]) => `${k}=${v}`), ...cmd]
     .join(" ")
+    .replaceAll(nginx.caPath, "<ca>")
     .replaceAll(dir, "<dir>")
     .replaceAll(work, "<work>")
     .replaceAll(data.root, "<data>")
@@ -182,7 +240,7 @@ async function runOnce(w: Workload, tool: ToolId): Promise<{ command: string; ou
   execFileSync("sync");
   // Generous, only there so that a hung client cannot stall the whole benchmark.
   const timeoutMs = 60_000 + (w.bytes / 10e6) * 1000;
-  let outcome = await measure(cmd, `${work}/time.txt`, timeoutMs);
+  let outcome = await measure(cmd, `${work}/time.txt`, timeoutMs, env);
   const problem = outcome.ok ? await verify(dir, w.expected) : null;
   if (problem) outcome = { ok: false, error: problem };
   await rm(dir, { recursive: true, force: true });
@@ -240,17 +298,19 @@ for (const [w, rows] of results) {
   const ref = rows.find((r) => r.tool === REFERENCE && ok(r));
   const refWall = ref ? median(ref.samples.map((s) => s.wall)) : undefined;
   const refCpu = ref ? median(ref.samples.map((s) => s.cpu)) : undefined;
+  const curlRow = rows.find((r) => r.tool === CURL && ok(r));
+  const curlWall = curlRow ? median(curlRow.samples.map((s) => s.wall)) : undefined;
   const lines = [
     `### ${w.title}`,
     "",
-    "| tool | median wall s | (min–max) | MB/s | median CPU s | peak RSS MiB | wall ÷ dlqueue | CPU ÷ dlqueue |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| tool | median wall s | (min–max) | MB/s | median CPU s | peak RSS MiB | wall ÷ dlqueue | CPU ÷ dlqueue | wall ÷ curl |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
   ];
   const panel: Bar[] = [];
   for (const r of rows) {
     const label = TOOLS[r.tool].label;
     if (!ok(r)) {
-      lines.push(`| ${label} | **FAILED** | | | | | | |`);
+      lines.push(`| ${label} | **FAILED** | | | | | | | |`);
       panel.push({ label, failed: true });
       continue;
     }
@@ -260,7 +320,7 @@ for (const [w, rows] of results) {
     const rss = Math.max(...r.samples.map((s) => s.rssMiB));
     const ratio = (x: number, base?: number) => (base ? `${fmt(x / base)}×` : "–");
     lines.push(
-      `| ${label} | ${fmt(wall)} | ${fmt(Math.min(...walls))}–${fmt(Math.max(...walls))} | ${fmt(w.bytes / 1e6 / wall, 0)} | ${fmt(cpu)} | ${fmt(rss, 0)} | ${ratio(wall, refWall)} | ${ratio(cpu, refCpu)} |`,
+      `| ${label} | ${fmt(wall)} | ${fmt(Math.min(...walls))}–${fmt(Math.max(...walls))} | ${fmt(w.bytes / 1e6 / wall, 0)} | ${fmt(cpu)} | ${fmt(rss, 0)} | ${ratio(wall, refWall)} | ${ratio(cpu, refCpu)} | ${ratio(wall, curlWall)} |`,
     );
     panel.push({ label, seconds: wall, ratio: refWall ? wall / refWall : undefined, reference: r === ref });
   }
@@ -341,8 +401,17 @@ const machine = [
     .map((l) => l.toFixed(2))
     .join(" ")}`,
   `- dlqueue: dist/ built from commit ${dlqueueVersion}`,
-  `- node ${process.version}; ${version("curl", "--version")}; ${version("aria2c", "--version")}; ${version("/usr/sbin/nginx", "-v")}`,
+  `- node ${[process.version, ...otherNodes.map((n) => n.version)].join(", ")}; ${version("curl", "--version")}; ${version("aria2c", "--version")}; ${version("/usr/sbin/nginx", "-v")}`,
 ];
+const trust = (flag: boolean, own: string, what: string) =>
+  flag ? own : `\`NODE_EXTRA_CA_CERTS\` (this build has no ${what})`;
+const tlsNote = [...results.keys()].some((w) => w.tls)
+  ? `- https rows: the same nginx on a second port with TLS 1.2/1.3 (HTTP/1.1, session cache on, no kernel TLS) and an
+  RSA 2048 certificate for 127.0.0.1 signed by a CA the bench makes with openssl at start. Each client trusts that CA
+  as its users would: curl \`--cacert\`, aria2c \`--ca-certificate\`, naive Node \`NODE_EXTRA_CA_CERTS\`, dlqueue CLI
+  ${trust(caSupport.cli, "`--ca-certificate`", "`--ca-certificate`")}, dlqueue library ${trust(caSupport.lib, "its `ca` option", "`ca` option")}.
+`
+  : "";
 const md = `# dlqueue benchmark
 
 Generated by \`npm run bench\` (bench/run.ts). Every tool ran in the same run against the same local server, in
@@ -364,6 +433,8 @@ How to read it:
   every run so earlier writeback does not land on the next one.
 - aria2c runs with \`--file-allocation=none\`; its 1-connection rows use \`-x1 -s1\`.
 - dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`.
+  Rows marked "· Node 22" / "· Node 24" run the same script on npm's node-linux-${process.arch} binaries of those lines.
+${tlsNote}- wall ÷ curl: the tool's median wall time divided by curl's in the same workload.
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
 ${tables.join("\n\n")}
 ${queued ? `\n${queued}` : ""}
