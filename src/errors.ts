@@ -222,6 +222,70 @@ export class ProxyError extends DlqError {
   }
 }
 
+/**
+ * The server's TLS certificate was refused: not signed by a CA this process trusts, expired, or for another name.
+ * Permanent: another try meets the same certificate, so it is never retried.
+ */
+export class TlsCertificateError extends DlqError {
+  /** OpenSSL's verification code (`SELF_SIGNED_CERT_IN_CHAIN`) or Node's (`ERR_TLS_CERT_ALTNAME_INVALID`). */
+  readonly reason: string;
+
+  constructor(reason: string, detail: string, options?: ErrorOptions) {
+    super(`${certificateProblem(reason, detail)}.`, "DLQ_ERR_TLS_CERTIFICATE", options);
+    this.reason = reason;
+  }
+}
+
+/** OpenSSL's codes for a chain that ends at no CA this process trusts: the one case a `ca` option fixes. */
+const UNTRUSTED_CERTIFICATE = new Set([
+  "SELF_SIGNED_CERT_IN_CHAIN",
+  "DEPTH_ZERO_SELF_SIGNED_CERT",
+  "UNABLE_TO_VERIFY_LEAF_SIGNATURE",
+  "UNABLE_TO_GET_ISSUER_CERT",
+  "UNABLE_TO_GET_ISSUER_CERT_LOCALLY",
+  "CERT_UNTRUSTED",
+]);
+/** The rest of OpenSSL's verification failures (Node's tls documentation lists them): the certificate itself is bad. */
+const REFUSED_CERTIFICATE = new Set([
+  "CERT_HAS_EXPIRED",
+  "CERT_NOT_YET_VALID",
+  "HOSTNAME_MISMATCH",
+  "ERR_TLS_CERT_ALTNAME_INVALID",
+  "CERT_SIGNATURE_FAILURE",
+  "CERT_REVOKED",
+  "CERT_REJECTED",
+  "INVALID_CA",
+  "INVALID_PURPOSE",
+  "PATH_LENGTH_EXCEEDED",
+  "CERT_CHAIN_TOO_LONG",
+  "UNABLE_TO_DECRYPT_CERT_SIGNATURE",
+  "UNABLE_TO_DECODE_ISSUER_PUBLIC_KEY",
+  "ERROR_IN_CERT_NOT_BEFORE_FIELD",
+  "ERROR_IN_CERT_NOT_AFTER_FIELD",
+]);
+
+function certificateProblem(reason: string, detail: string): string {
+  if (UNTRUSTED_CERTIFICATE.has(reason)) {
+    return (
+      `The server's certificate is not trusted (${reason}: ${detail}): pass its CA with --ca-certificate FILE ` +
+      "(library: the `ca` option) or NODE_EXTRA_CA_CERTS"
+    );
+  }
+  if (reason === "CERT_HAS_EXPIRED" || reason === "CERT_NOT_YET_VALID") {
+    return (
+      `The server's certificate is not valid now (${reason}: ${detail}): check this machine's clock; if it is ` +
+      "right, the server's operator must renew the certificate"
+    );
+  }
+  if (reason === "ERR_TLS_CERT_ALTNAME_INVALID" || reason === "HOSTNAME_MISMATCH") {
+    return (
+      `The server's certificate is for another host name (${reason}: ${detail}): check the URL's host, or ` +
+      "whether a proxy answers in the server's place"
+    );
+  }
+  return `The server's certificate was refused (${reason}: ${detail}): the server's operator must fix its certificate`;
+}
+
 const PROXY_REFUSAL = /^Proxy response \((\d{3})\) !== 200/;
 
 /** Translate filesystem errors into something that names the path and says what to do. */
@@ -261,6 +325,8 @@ export function classifyFailure(err: unknown, path: string): Error {
   if (err instanceof DlqError) return err;
   const proxyStatus = PROXY_REFUSAL.exec((err as Error | undefined)?.message ?? "")?.[1];
   if (proxyStatus) return new ProxyError(Number(proxyStatus), { cause: err });
+  const certificate = certificateFailure(err);
+  if (certificate) return certificate;
   const code = (err as { code?: string } | undefined)?.code;
   if (code && (code.startsWith("UND_ERR_") ? !NON_TRANSIENT_UNDICI.has(code) : TRANSIENT_ERRNO.has(code))) {
     return new TransferInterruptedError(`The connection failed (${code}: ${(err as Error).message})`, {
@@ -268,6 +334,17 @@ export function classifyFailure(err: unknown, path: string): Error {
     });
   }
   return fsError(err, path);
+}
+
+/**
+ * A refused certificate, as Node reports it (a verification code on a plain Error), or as undici's ProxyAgent does
+ * when it is the https proxy's own name that does not match (UND_ERR_PRX_TLS, which would otherwise be retried).
+ */
+function certificateFailure(err: unknown): TlsCertificateError | undefined {
+  const tlsError = (err as { code?: string } | undefined)?.code === "UND_ERR_PRX_TLS" ? (err as Error).cause : err;
+  const code = (tlsError as { code?: string } | undefined)?.code;
+  if (code === undefined || !(UNTRUSTED_CERTIFICATE.has(code) || REFUSED_CERTIFICATE.has(code))) return undefined;
+  return new TlsCertificateError(code, (tlsError as Error).message, { cause: err });
 }
 
 /** The shared queue's Redis cannot be reached; what is already queued stays in Redis. */

@@ -41,7 +41,8 @@ export interface DownloadQueueOptions {
   connectTimeoutMs?: number;
   /**
    * Your own undici dispatcher (proxy, custom agent); InvokeAI's `requests_session`. Default: the queue's own, which
-   * follows `proxy` or the environment's proxy variables.
+   * follows `proxy` or the environment's proxy variables. Yours is used as it is: `ca`, `proxy` and
+   * `connectTimeoutMs` do not apply to it.
    */
   dispatcher?: Dispatcher;
   /**
@@ -78,6 +79,14 @@ export interface DownloadQueueOptions {
    * comes from HTTP_PROXY / HTTPS_PROXY / NO_PROXY (and their lowercase forms).
    */
   proxy?: string;
+  /**
+   * More certificate authorities to trust, in PEM form (the text of a `.pem` file, not its name), as `tls.connect`'s
+   * `ca`: for a TLS-intercepting corporate proxy, or a private model mirror with its own CA. Added to the CAs Node
+   * trusts by default (its bundled roots and NODE_EXTRA_CA_CERTS), so public hosts such as huggingface.co are still
+   * reached. Used for origins and for an https:// proxy alike. Default: Node's CAs only (NODE_EXTRA_CA_CERTS works
+   * without this option).
+   */
+  ca?: string | Buffer | Array<string | Buffer>;
   /**
    * Fetch a file again even when the final path already holds it complete (default false: a finished file whose
    * sha256, or size and validators, still match is reported completed without transferring its body).

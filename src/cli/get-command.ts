@@ -25,6 +25,8 @@ export interface GetOptions {
   /** Bytes per second for all downloads together. */
   limitRate?: number;
   proxy?: string;
+  /** A PEM file of CAs to trust besides Node's. */
+  caCertificate?: string;
   /** Seconds for a connection, for response headers, and for a body that sends nothing. */
   timeout?: number;
   /** Seconds before the first retry. */
@@ -46,6 +48,10 @@ export interface GetOptions {
 }
 
 const DEFAULT_STATE_HELP = "$XDG_STATE_HOME/dlqueue/queue.db";
+
+/** `--ca-certificate`'s line, the same in every command (wget's and aria2c's name). */
+export const CA_CERTIFICATE_HELP =
+  "also trust the CAs in this PEM file, as NODE_EXTRA_CA_CERTS does (a corporate TLS proxy's, a private mirror's)";
 
 const HELP = `
 Models:
@@ -144,6 +150,7 @@ function addQueueOptions(command: Command): Command {
       rateArgument,
     )
     .option("--proxy <url>", "send every request through this HTTP proxy (default: HTTPS_PROXY / HTTP_PROXY)")
+    .option("--ca-certificate <file>", CA_CERTIFICATE_HELP)
     .option(
       "-x, --connections <n>",
       "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",

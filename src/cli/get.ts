@@ -10,6 +10,7 @@ import type { Logger } from "../logger.js";
 import { DownloadQueue } from "../queue.js";
 import { civitaiEndpoint, civitaiToken, isCivitaiSource, parseCivitaiSource } from "../sources/civitai.js";
 import { hfToken, isHfSource, parseHfSource } from "../sources/hf.js";
+import { readCaFile } from "../validate.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
 import { defaultStatePath, tokenRulesFromEnv } from "./env.js";
 import type { GetOptions } from "./get-command.js";
@@ -46,6 +47,7 @@ const QUIET_RETRY_MS = 10_000;
 export async function runGet(urls: string[], options: GetOptions, command: Command): Promise<number> {
   const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2, code: "dlqueue.usage" });
   const headers = parseHeaders(options.header ?? [], usage);
+  const ca = caCertificate(options.caCertificate, usage);
   const statePath = stateFile(options, usage);
   const plan = options.resumeOnly ? [] : await planDownloads(urls, options, usage);
   checkDestinations(plan, usage);
@@ -110,6 +112,7 @@ export async function runGet(urls: string[], options: GetOptions, command: Comma
       readTimeoutMs: options.timeout === undefined ? undefined : options.timeout * 1000,
       maxBytesPerSecond: options.limitRate,
       proxy: options.proxy,
+      ca,
       overwrite: options.overwrite,
       connectionsPerFile: options.connections,
       fsync: options.fsync,
@@ -407,6 +410,17 @@ function proxySecrets(proxy: string | undefined, usage: (message: string) => nev
     password = decodeURIComponent(url.password);
   } catch {}
   return [url.password, password].filter((secret) => secret.length > 0);
+}
+
+/** --ca-certificate's file, read as the command starts, so a wrong path is a usage error before anything is fetched. */
+function caCertificate(path: string | undefined, usage: (message: string) => never): string | undefined {
+  if (path === undefined) return undefined;
+  try {
+    return readCaFile(path);
+  } catch (err) {
+    if (err instanceof DlqError) usage(`--ca-certificate: ${err.message}`);
+    throw err;
+  }
 }
 
 function signalExitCode(signal: NodeJS.Signals): number {

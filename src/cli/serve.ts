@@ -5,6 +5,7 @@ import { DlqError } from "../errors.js";
 import { API_PREFIX } from "../server/prefix.js";
 import { isLoopbackHost } from "../server/security.js";
 import type { Service, SharedServiceOptions } from "../server/service.js";
+import { CA_CERTIFICATE_HELP } from "./get-command.js";
 import { integerArgument } from "./numbers.js";
 
 export interface ServeOptions {
@@ -18,6 +19,8 @@ export interface ServeOptions {
   state?: string;
   redis?: string;
   queue?: string;
+  /** A PEM file of CAs to trust besides Node's. */
+  caCertificate?: string;
 }
 
 const HELP = `
@@ -59,6 +62,7 @@ export function addServeCommand(program: Command): Command {
     .addOption(new Option("--auth-token <token>", "require this Bearer token on the API").env("DLQUEUE_AUTH_TOKEN"))
     .option("--allow-private-networks", "let clients download from private, loopback and link-local addresses")
     .option("--cors <origin>", 'let pages from this origin call the API, e.g. "http://localhost:5173"')
+    .option("--ca-certificate <file>", CA_CERTIFICATE_HELP)
     .option(
       "-j, --max-parallel <n>",
       "downloads running at once (default: 5); with --redis, 0 makes this an API node that runs none",
@@ -95,7 +99,17 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const root = resolve(options.root);
   // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
-  const { createService, QueueSetupError } = await import("../server/service.js");
+  const [{ createService, QueueSetupError }, { readCaFile }] = await Promise.all([
+    import("../server/service.js"),
+    import("../validate.js"),
+  ]);
+  let ca: string | undefined;
+  try {
+    ca = options.caCertificate === undefined ? undefined : readCaFile(options.caCertificate);
+  } catch (err) {
+    if (!(err instanceof DlqError)) throw err;
+    return usage(`--ca-certificate: ${err.message}`);
+  }
   let service: Service | undefined;
   try {
     service = await createService({
@@ -106,6 +120,7 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
       maxParallelDownloads: options.maxParallel,
       store: options.state === undefined ? undefined : resolve(options.state),
       shared,
+      queueOptions: { ca },
     });
     await service.app.listen({ host: options.host, port: options.port });
   } catch (err) {

@@ -3,6 +3,7 @@
  * loaded when it runs.
  */
 import type { Command } from "commander";
+import { CA_CERTIFICATE_HELP } from "./get-command.js";
 import { integerArgument } from "./numbers.js";
 
 export interface WorkerCliOptions {
@@ -15,6 +16,8 @@ export interface WorkerCliOptions {
   fsync: boolean;
   lockDuration?: number;
   allowPrivateNetworks?: boolean;
+  /** A PEM file of CAs to trust besides Node's. */
+  caCertificate?: string;
   quiet?: boolean;
 }
 
@@ -52,6 +55,7 @@ export function addWorkerCommand(program: Command): Command {
       integerArgument(1000),
     )
     .option("--allow-private-networks", "let jobs download from private, loopback and link-local addresses")
+    .option("--ca-certificate <file>", CA_CERTIFICATE_HELP)
     .option("-q, --quiet", "print only failures")
     .addHelpText("after", HELP)
     .action(async (options: WorkerCliOptions, command: Command) => {

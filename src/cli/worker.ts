@@ -22,10 +22,11 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const root = resolve(options.root);
   // BullMQ and ioredis load only for the commands that use Redis: `get` and `--version` start without them.
-  const [redis, { redisWhere }, { guardedDispatcher, redirectGuard }] = await Promise.all([
+  const [redis, { redisWhere }, { guardedDispatcher, redirectGuard }, { readCaFile }] = await Promise.all([
     import("../redis/index.js"),
     import("../redis/connection.js"),
     import("../server/ssrf.js"),
+    import("../validate.js"),
   ]);
   let secret: string | undefined;
   try {
@@ -33,6 +34,13 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
   } catch (err) {
     if (!(err instanceof DlqError || err instanceof CommanderArgumentError)) throw err;
     return usage(err.message);
+  }
+  let ca: string | undefined;
+  try {
+    ca = options.caCertificate === undefined ? undefined : readCaFile(options.caCertificate);
+  } catch (err) {
+    if (!(err instanceof DlqError)) throw err;
+    return usage(`--ca-certificate: ${err.message}`);
   }
 
   const say = (line: string) => process.stdout.write(`${line}\n`);
@@ -48,7 +56,7 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
     error: (message) => debug("%s", message),
   };
 
-  const dispatcher = allowPrivateNetworks ? undefined : guardedDispatcher();
+  const dispatcher = allowPrivateNetworks ? undefined : guardedDispatcher(undefined, ca);
   let worker: DownloadWorker;
   try {
     worker = new redis.DownloadWorker({
@@ -66,6 +74,7 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
         logger,
         checkRedirect: redirectGuard({ allowPrivateNetworks }),
         dispatcher,
+        ca,
       },
     });
   } catch (err) {

@@ -79,7 +79,10 @@ export async function createService(options: ServiceOptions): Promise<Service> {
   const sharedRoot = shared ? await prepareRoot(options.root) : undefined;
   // An API node of a shared queue fetches nothing, so it needs no guarded connections.
   const downloads = shared === undefined || maxParallelDownloads !== 0;
-  const dispatcher = allowPrivateNetworks || !downloads ? undefined : guardedDispatcher();
+  const dispatcher =
+    allowPrivateNetworks || !downloads
+      ? undefined
+      : guardedDispatcher(queueOptions?.connectTimeoutMs, queueOptions?.ca);
   const engineOptions = {
     ...queueOptions,
     logger,

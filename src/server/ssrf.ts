@@ -9,7 +9,9 @@ import { lookup as dnsLookup } from "node:dns";
 import { lookup as dnsLookupAll } from "node:dns/promises";
 import { isIP, type LookupFunction } from "node:net";
 import { DlqError, InvalidUrlError, UnsupportedSchemeError } from "../errors.js";
+import type { DownloadQueueOptions } from "../options.js";
 import { Agent, buildConnector } from "../transfer/undici.js";
+import { checkCa, trustedContext } from "../validate.js";
 
 /** Every address `hostname` resolves to; the hook lets tests stand in for DNS. */
 export type Resolver = (hostname: string) => Promise<string[]>;
@@ -165,10 +167,15 @@ export function guardedLookup(): LookupFunction {
 /**
  * The dispatcher a service queue or a shared queue's worker downloads through, unless private networks are allowed:
  * connections checked. An address given as such (`http://127.0.0.1/`) is checked here too, since no lookup sees it:
- * a worker takes jobs that no API node of its own checked.
+ * a worker takes jobs that no API node of its own checked. `ca`: more CAs to trust, as the queue's option.
  */
-export function guardedDispatcher(connectTimeoutMs = 30_000): Agent {
-  const connect = buildConnector({ timeout: connectTimeoutMs, lookup: guardedLookup() });
+export function guardedDispatcher(connectTimeoutMs = 30_000, ca?: DownloadQueueOptions["ca"]): Agent {
+  const cas = checkCa(ca);
+  const connect = buildConnector({
+    timeout: connectTimeoutMs,
+    lookup: guardedLookup(),
+    ...(cas && { secureContext: trustedContext(cas) }),
+  });
   return new Agent({
     connect: (options, callback) => {
       const host = options.hostname.replace(/^\[|\]$/g, "");
