@@ -5,6 +5,7 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
 import { openPartial } from "../src/files/partial.js";
+import { BACKLOG_BYTES } from "../src/files/writer.js";
 import { DestinationError, DownloadQueue, type DownloadRequest } from "../src/index.js";
 import { fileSha256, listFiles, memoryLogger, smallTmpfs, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
@@ -248,16 +249,19 @@ describe("the partial writer", () => {
     );
   });
 
-  test("asks its reader to wait once 4 MiB are queued, and lets it go on when the disk has taken them", async (t) => {
+  test("asks its reader to wait once its backlog is queued, and lets it go on when the disk has taken them", async (t) => {
     const file = await openPartial(join(await tempDir(t), "backlog.bin.downloading"), 0, false);
     const run = file.writer(0);
+    const chunk = 16 * 1024;
+    // The first chunk goes to the disk at once; the backlog is what queues behind it.
+    const lastBeforeFull = BACKLOG_BYTES / chunk - 1;
     const waits: Array<Promise<void> | undefined> = [];
-    for (let i = 0; i < 80; i++) waits.push(run.write(pattern(i, 64 * 1024)));
-    assert.equal(waits.slice(0, 63).filter(Boolean).length, 0, "no wait below the backlog");
-    assert.ok(waits.at(-1) instanceof Promise, "a wait once the backlog is full");
+    for (let i = 0; i < (4 * BACKLOG_BYTES) / chunk; i++) waits.push(run.write(pattern(i, chunk)));
+    assert.equal(waits.slice(0, lastBeforeFull + 1).filter(Boolean).length, 0, "no wait below the backlog");
+    assert.ok(waits[lastBeforeFull + 1] instanceof Promise, "a wait as soon as the backlog is full");
     await waits.at(-1);
     await run.flush();
-    assert.equal(run.written, 80 * 64 * 1024);
+    assert.equal(run.written, waits.length * chunk);
     await file.close(true);
   });
 
