@@ -46,8 +46,11 @@ export interface DownloadQueueOptions {
    */
   dispatcher?: Dispatcher;
   /**
-   * Parallel range requests per file of 8 MiB or more, when the server supports ranges (aria2's `-x`; default 1).
-   * Counted per job: maxParallelDownloads still limits jobs, not connections.
+   * Parallel range requests per file of 8 MiB or more, when the server supports ranges (aria2's `-x`). Counted per
+   * job: maxParallelDownloads still limits jobs, not connections. Default: automatic, a file of 64 MiB or more uses
+   * up to 4 connections, one per download slot the queue has idle (one file alone gets 4; five files at once, one
+   * each), and the extra connections never keep a job waiting. Either way, a server that answers 429 or 503 to one
+   * of them gets one connection fewer, and a server that refuses ranges gets one stream.
    */
   connectionsPerFile?: number;
   /**

@@ -22,7 +22,7 @@ import { modelPartToken, planModel } from "./sources/model.js";
 import { fileJobOf, fileRecord, multiJobOf, multiRecord } from "./store/records.js";
 import { SqliteJobStore } from "./store/sqlite.js";
 import { type JobStore, MemoryJobStore, type StoredJob } from "./store/store.js";
-import { type TransferResult, type TransferSettings, transfer } from "./transfer/http.js";
+import { type ConnectionLender, type TransferResult, type TransferSettings, transfer } from "./transfer/http.js";
 import { pacer, type RateLimiter, rateLimiter } from "./transfer/rate.js";
 import {
   checkMultiFileRequest,
@@ -75,6 +75,19 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   #pumpScheduled = false;
   #stopped = false;
   readonly #callbacks = new CallbackSharing();
+  /** Idle download slots lent to large files as extra connections (connectionsPerFile left automatic). */
+  #borrowedSlots = 0;
+  readonly #lender: ConnectionLender = {
+    borrow: (wanted) => {
+      const idle = this.#stopped ? 0 : this.#maxParallel - this.#running.size - this.#borrowedSlots;
+      const lent = Math.max(0, Math.min(wanted, idle));
+      this.#borrowedSlots += lent;
+      return lent;
+    },
+    giveBack: (count) => {
+      this.#borrowedSlots -= count;
+    },
+  };
   /** The last dest resolved, so jobs queued into one folder share one string. */
   #lastDest = { given: "", cwd: "", resolved: "" };
 
@@ -89,7 +102,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#limiter = resolved.limiter;
     this.#ownDispatcher = resolved.ownDispatcher;
     this.#overwrite = resolved.overwrite;
-    this.#settings = resolved.settings;
+    this.#settings = { ...resolved.settings, lender: this.#lender };
     this.#ownStore = typeof options.store === "string";
     this.#store =
       typeof options.store === "string" ? new SqliteJobStore(options.store) : (options.store ?? new MemoryJobStore());

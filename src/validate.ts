@@ -59,7 +59,10 @@ export function resolveOptions(options: DownloadQueueOptions): ResolvedOptions {
   const limiter = rateLimiter(options.maxBytesPerSecond, "maxBytesPerSecond");
   const proxy = options.dispatcher || options.proxy === undefined ? undefined : proxyUrl(options.proxy);
   const retries = nonNegativeInteger(options.retries ?? 5, "retries");
-  const connectionsPerFile = positiveInteger(options.connectionsPerFile ?? 1, "connectionsPerFile");
+  const connectionsPerFile =
+    options.connectionsPerFile === undefined
+      ? undefined
+      : positiveInteger(options.connectionsPerFile, "connectionsPerFile");
   const ca = checkCa(options.ca);
   const ownDispatcher = options.dispatcher
     ? undefined

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { DownloadQueue } from "../src/index.js";
+import { type DownloadJob, DownloadQueue } from "../src/index.js";
 import { fileSha256, listFiles, memoryLogger, tempDir } from "./helpers/fs.js";
 import { type Origin, startOrigin } from "./helpers/origin.js";
 
@@ -166,4 +166,95 @@ describe("connectionsPerFile through the queue", () => {
       assert.equal(route.requests[0]?.headers.range, undefined, "the first request starts over, it does not resume");
     });
   }
+});
+
+describe("connections by default", () => {
+  const ranged = (route: { requests: { headers: { range?: string } }[] }) =>
+    route.requests.filter((r) => r.headers.range !== undefined).length;
+
+  test("a 64 MiB file alone comes over 4 connections; a 63 MiB one, and any file with connectionsPerFile: 1, over one", async (t) => {
+    const dest = await tempDir(t);
+    const big = origin.route("/auto/big.bin", { size: 64 * MiB });
+    const below = origin.route("/auto/below.bin", { size: 63 * MiB });
+    const pinned = origin.route("/auto/pinned.bin", { size: 64 * MiB });
+    const fetch = async (route: typeof big, options: { connectionsPerFile?: number } = {}) => {
+      const queue = new DownloadQueue({ ...options, logger: memoryLogger().logger });
+      const job = queue.download({ source: route.url, dest, sha256: await route.sha256() });
+      await queue.waitForJob(job, { timeoutMs: 30_000 });
+      await queue.stop();
+      assert.equal(job.status, "completed", job.error);
+    };
+    await fetch(big);
+    await fetch(below);
+    await fetch(pinned, { connectionsPerFile: 1 });
+    assert.equal(ranged(big), 4, "one range request per connection");
+    assert.equal(ranged(below), 0);
+    assert.equal(ranged(pinned), 0);
+    assert.deepEqual(await listFiles(dest), ["below.bin", "big.bin", "pinned.bin"]);
+  });
+
+  test("large files that fill the queue's slots take one connection each", async (t) => {
+    const dest = await tempDir(t);
+    const large = [1, 2, 3].map((i) => origin.route(`/auto/share-${i}.bin`, { size: 64 * MiB }));
+    const queue = new DownloadQueue({ maxParallelDownloads: 3, logger: memoryLogger().logger });
+    const jobs = large.map((route) => queue.download({ source: route.url, dest }));
+    for (const job of jobs) await queue.waitForJob(job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.ok(
+      jobs.every((job) => job.status === "completed"),
+      jobs.map((j) => j.error).join("\n"),
+    );
+    assert.deepEqual(large.map(ranged), [0, 0, 0]);
+    for (const [i, route] of large.entries()) {
+      assert.equal(await fileSha256(join(dest, `share-${i + 1}.bin`)), await route.sha256());
+    }
+  });
+
+  test("a large file that started with a spare slot gets the slot a finished job frees, up to 4 connections", async (t) => {
+    const dest = await tempDir(t);
+    // Throttled, so the large file is still running when the small one ends.
+    const large = origin.route("/auto/grow.bin", { size: 64 * MiB, throttleBytesPerSec: 16 * MiB });
+    const small = origin.route("/auto/grow-small.bin", { size: 1024, faults: [{ kind: "delay", ms: 300 }] });
+    const queue = new DownloadQueue({ maxParallelDownloads: 3, logger: memoryLogger().logger });
+    const [largeJob, smallJob] = [large, small].map((route) => queue.download({ source: route.url, dest }));
+    await queue.waitForJob(smallJob as DownloadJob, { timeoutMs: 30_000 });
+    // 3 slots, 2 jobs: the large file started over 2 connections; the small one's slot becomes a third.
+    origin.resetStats();
+    await queue.waitForJob(largeJob as DownloadJob, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(smallJob?.status, "completed", smallJob?.error);
+    assert.equal(largeJob?.status, "completed", largeJob?.error);
+    assert.equal(origin.maxConcurrent, 3);
+    assert.equal(await fileSha256(join(dest, "grow.bin")), await large.sha256());
+  });
+
+  test("a 429 or 503 to some of the connections leaves the rest to finish the file, without retrying them", async (t) => {
+    const dest = await tempDir(t);
+    const route = origin.route("/auto/throttled.bin", {
+      size: 16 * MiB,
+      faults: [
+        null,
+        null,
+        { kind: "status", status: 429, headers: { "retry-after": "30" } },
+        { kind: "status", status: 503, headers: { "retry-after": "30" } },
+      ],
+    });
+    const { lines, logger } = memoryLogger();
+    const queue = new DownloadQueue({ connectionsPerFile: 4, logger });
+    const started = performance.now();
+    const job = queue.download({ source: route.url, dest, sha256: await route.sha256() });
+    await queue.waitForJob(job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(job.status, "completed", job.error);
+    // Retry-After: 30 was not waited for: the refused connections were dropped, not retried.
+    assert.ok(performance.now() - started < 10_000);
+    const warnings = lines.filter((line) => line.startsWith("warn:"));
+    assert.equal(
+      warnings.filter((line) => /HTTP (429|503) to one of its connections: going on over/.test(line)).length,
+      2,
+      warnings.join("\n"),
+    );
+    assert.equal(warnings.filter((line) => line.startsWith("warn: retry")).length, 0, warnings.join("\n"));
+    assert.equal(await fileSha256(join(dest, "throttled.bin")), await route.sha256());
+  });
 });

@@ -94,7 +94,7 @@ describe("downloadSegmented", () => {
     assert.equal(sum(merge(ranges)), route.size);
   });
 
-  test("drops, a stall and a 503 on several segments: retried per segment, still byte-exact", async (t) => {
+  test("drops, a stall and a 503 on several segments: failures retried per segment, the 503's connection shed, byte-exact", async (t) => {
     const dir = await tempDir(t);
     const route = origin.route("/seg-faults.bin", {
       size: 8 * MB,
@@ -115,12 +115,18 @@ describe("downloadSegmented", () => {
     });
     const partial = join(dir, "f.bin.downloading");
     const retried: string[] = [];
+    const shed: Array<[number, number]> = [];
     await downloadSegmented(
-      options(route, partial, { readTimeoutMs: 400, onRetry: ({ error }) => retried.push(error.message) }),
+      options(route, partial, {
+        readTimeoutMs: 400,
+        onRetry: ({ error }) => retried.push(error.message),
+        onFewerConnections: (status, left) => shed.push([status, left]),
+      }),
     );
     assert.equal(await fileSha256(partial), await route.sha256());
     assert.ok(retried.length >= 5, retried.join("\n"));
-    assert.ok(retried.some((m) => m.includes("503")));
+    assert.deepEqual(shed, [[503, 7]], "one of 8 connections answered 503: the others go on without it");
+    assert.ok(!retried.some((m) => m.includes("503")), "the 503 is not waited out");
     assert.ok(route.requests.length > 11, `${route.requests.length} requests`);
     assert.ok(!existsSync(segmentsPathOf(partial)));
   });

@@ -153,7 +153,7 @@ function addQueueOptions(command: Command): Command {
     .option("--ca-certificate <file>", CA_CERTIFICATE_HELP)
     .option(
       "-x, --connections <n>",
-      "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
+      "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: up to 4 for files of 64 MiB or more while -j has idle slots)",
       integerArgument(1),
     )
     .option(

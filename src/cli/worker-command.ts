@@ -45,7 +45,7 @@ export function addWorkerCommand(program: Command): Command {
     .option("-j, --max-parallel <n>", "jobs running at once", integerArgument(1), 5)
     .option(
       "-x, --connections <n>",
-      "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: 1)",
+      "connections per file of 8 MiB or more, when the server serves ranges (aria2's -x; default: up to 4 for files of 64 MiB or more while -j has idle slots)",
       integerArgument(1),
     )
     .option("--no-fsync", "do not flush large files to the disk before they are moved into place (faster)")

@@ -68,6 +68,13 @@ export interface SegmentedOptions {
   /** A segment is about to be retried (for the caller's log). */
   onRetry?(info: { error: Error; range: [number, number]; failures: number; delayMs: number }): void;
   /**
+   * Asked every SAVE_INTERVAL_MS while a segment is long enough to split: how many more connections may start now
+   * (the queue's idle slots; see TransferSettings.lender). Never asked again once the server refused one.
+   */
+  moreConnections?(): number;
+  /** The server answered 429 or 503 to one of several connections: the download goes on over `connections`. */
+  onFewerConnections?(status: number, connections: number): void;
+  /**
    * Flush the partial to the disk as it goes and before resolving, and let the sidecar list only ranges that are on
    * the disk (worth it for large files; the queue's `fsync` option).
    */
@@ -119,6 +126,16 @@ export async function downloadSegmented(opts: SegmentedOptions): Promise<void> {
   await new SegmentedDownload(opts).run();
 }
 
+/**
+ * A 429 or 503 to one of several connections: that connection ends and hands its segment to the others, instead
+ * of waiting for a server that has said it wants fewer connections.
+ */
+class TooManyConnections extends Error {
+  constructor(readonly status: number) {
+    super(`HTTP ${status} to an extra connection`);
+  }
+}
+
 /** One call of downloadSegmented: the partial, its segments, the connections that fetch them and the sidecar. */
 class SegmentedDownload {
   readonly #opts: SegmentedOptions;
@@ -133,6 +150,12 @@ class SegmentedDownload {
   readonly #stop = new AbortController();
   readonly #requestSignal: AbortSignal;
   #failure: unknown;
+  /** Connections fetching now. */
+  #live = 0;
+  /** Every connection started, finished or not: run() waits for all of them. */
+  readonly #runs: Promise<void>[] = [];
+  /** The server refused a connection: none is added from then on. */
+  #refused = false;
 
   /** Ranges on disk before this call: the sidecar's, or the caller's prefix. */
   #prior: ByteRange[] = [];
@@ -165,11 +188,17 @@ class SegmentedDownload {
     this.#plan();
     const timer = setInterval(() => {
       if (this.#doneTotal !== this.#savedBytes) this.#save(file).catch((err) => this.#fail(this.#sidecarError(err)));
+      this.#grow(file);
     }, SAVE_INTERVAL_MS);
     timer.unref();
     if (this.#doneTotal > 0) this.#opts.onBytes(this.#doneTotal);
     const workers = Math.min(this.#connections, Math.max(this.#pending.length, 1));
-    await Promise.all(Array.from({ length: workers }, () => this.#work(file).catch((err) => this.#fail(err))));
+    for (let i = 0; i < workers; i++) this.#startConnection(file);
+    for (let waited = 0; waited < this.#runs.length; ) {
+      const runs = this.#runs.slice(waited);
+      waited = this.#runs.length;
+      await Promise.all(runs);
+    }
     clearInterval(timer);
     const failure = this.#outcome();
     if (failure === undefined) await this.#complete(file);
@@ -265,26 +294,66 @@ class SegmentedDownload {
     this.#stop.abort(err);
   }
 
-  /** One connection: takes segments (or half of another's) until none is left, saving the sidecar after each. */
+  #startConnection(file: PartialFile): void {
+    this.#live++;
+    this.#runs.push(this.#work(file).catch((err) => this.#fail(err)));
+  }
+
+  /** Starts the connections the caller can spare now, while some segment is long enough to split. */
+  #grow(file: PartialFile): void {
+    if (this.#refused || this.#requestSignal.aborted || !this.#opts.moreConnections || !this.#splittable()) return;
+    const more = this.#opts.moreConnections();
+    for (let i = 0; i < more; i++) this.#startConnection(file);
+  }
+
+  /**
+   * One connection: takes segments (or half of another's) until none is left, saving the sidecar after each. It
+   * counts itself out of #live the moment it stops taking segments, so a refused connection never leaves its range
+   * to connections that have already looked for work and gone.
+   */
   async #work(file: PartialFile): Promise<void> {
-    while (!this.#requestSignal.aborted) {
-      const seg = this.#pending.shift() ?? this.#steal();
-      if (!seg) return;
-      this.#active.add(seg);
-      try {
-        await this.#fetchSegment(file, seg);
-      } finally {
-        this.#active.delete(seg);
+    let live = true;
+    try {
+      while (!this.#requestSignal.aborted) {
+        const seg = this.#pending.shift() ?? this.#steal();
+        if (!seg) return;
+        this.#active.add(seg);
+        try {
+          await this.#fetchSegment(file, seg);
+        } catch (err) {
+          if (!(err instanceof TooManyConnections)) throw err;
+          this.#pending.unshift(seg);
+          live = false;
+          if (this.#live > 0) {
+            this.#opts.onFewerConnections?.(err.status, this.#live);
+            return;
+          }
+          // The others finished while this request was refused: it takes its range up again, now waiting out the
+          // server's Retry-After as a lone connection does.
+          this.#live++;
+          live = true;
+          continue;
+        } finally {
+          this.#active.delete(seg);
+        }
+        await this.#save(file);
       }
-      await this.#save(file);
+    } finally {
+      if (live) this.#live--;
     }
+  }
+
+  /** The segment with the most bytes left, if it is worth splitting in two. */
+  #splittable(): Segment | undefined {
+    let victim: Segment | undefined;
+    for (const s of this.#active) if (!victim || s.end - s.pos > victim.end - victim.pos) victim = s;
+    return victim && victim.end - victim.pos >= 2 * this.#minSegment ? victim : undefined;
   }
 
   /** Another connection's segment, split in half: its owner stops at the new boundary. */
   #steal(): Segment | undefined {
-    let victim: Segment | undefined;
-    for (const s of this.#active) if (!victim || s.end - s.pos > victim.end - victim.pos) victim = s;
-    if (!victim || victim.end - victim.pos < 2 * this.#minSegment) return undefined;
+    const victim = this.#splittable();
+    if (!victim) return undefined;
     const mid = halfway(victim.pos, victim.end);
     const taken: Segment = { start: mid, end: victim.end, pos: mid, written: mid };
     victim.end = mid;
@@ -301,7 +370,7 @@ class SegmentedDownload {
       maxRetryDelayMs: maxRetryDelayMs ?? DEFAULT_MAX_RETRY_DELAY_MS,
       signal: this.#requestSignal,
       progress: () => seg.written,
-      classify: (err) => classifyFailure(err, partialPath),
+      classify: (err) => (err instanceof TooManyConnections ? err : classifyFailure(err, partialPath)),
       onRetry: (error, delayMs, failures) =>
         this.#opts.onRetry?.({ error, range: [seg.pos, seg.end], failures, delayMs }),
     });
@@ -330,6 +399,12 @@ class SegmentedDownload {
       this.#connections,
     );
     try {
+      // Counted out before any other connection can look, so two refusals at once cannot end the last connection.
+      if ((response.statusCode === 429 || response.statusCode === 503) && this.#live > 1) {
+        this.#live--;
+        this.#refused = true;
+        throw new TooManyConnections(response.statusCode);
+      }
       checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, this.#validator);
       await response.consume((chunk) => {
         // The segment may have shrunk since the request went out (work stealing): stop at its end.
