@@ -141,7 +141,7 @@ const nginxWorkloads: Workload[] = [
     title: `1 × ${size(data.big.size)} (nginx)`,
     ...files([data.big]),
     bytes: data.big.size,
-    tools: withNodes(["lib", "libNoSync", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"]),
+    tools: withNodes(["lib", "lib1", "libNoSync", "lib8", "cli", "curl", "aria2", "aria8", "naive", "floor"]),
     source: `${data.root}/${data.big.path}`,
   },
   {
@@ -164,7 +164,7 @@ const nginxWorkloads: Workload[] = [
     title: `1 × ${size(data.big.size)} (nginx, https)`,
     ...files([data.big], nginx.httpsBaseUrl),
     bytes: data.big.size,
-    tools: withNodes(["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive"]),
+    tools: withNodes(["lib", "lib1", "lib8", "cli", "curl", "aria2", "aria8", "naive"]),
     tls: true,
   },
   {
@@ -208,7 +208,7 @@ if (want("throttled")) {
       urls: [url],
       expected: new Map([["throttled.bin", sha256]]),
       bytes: throttledSize,
-      tools: ["lib", "lib8", "cli", "curl", "aria2", "aria8", "naive"],
+      tools: ["lib", "lib1", "lib8", "cli", "curl", "aria2", "aria8", "naive"],
     });
   } else skipped.push("throttled: test/helpers/origin.ts does not exist yet");
 }
@@ -432,7 +432,9 @@ How to read it:
   play no part. Downloads are written to the same ext4 filesystem without fsync by the harness; \`sync\` runs before
   every run so earlier writeback does not land on the next one.
 - aria2c runs with \`--file-allocation=none\`; its 1-connection rows use \`-x1 -s1\`.
-- dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`.
+- dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`,
+  with the defaults (maxParallelDownloads 5, automatic connections: up to 4 per file of 64 MiB or more while slots
+  are idle); rows that set an option name it.
   Rows marked "· Node 22" / "· Node 24" run the same script on npm's node-linux-${process.arch} binaries of those lines.
 ${tlsNote}- wall ÷ curl: the tool's median wall time divided by curl's in the same workload.
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}

@@ -125,6 +125,7 @@ function aria2(job: Job, connections: number): string[] {
 
 export const TOOLS = {
   lib: libTool("dlqueue (library)", []),
+  lib1: libTool("dlqueue (library, connectionsPerFile: 1)", ["connectionsPerFile=1"]),
   lib8: libTool("dlqueue (library, connectionsPerFile: 8)", ["connectionsPerFile=8"]),
   libNoSync: libTool("dlqueue (library, fsync: false)", ["fsync=false"]),
   lib22: libTool("dlqueue (library) · Node 22", [], 22),
