@@ -312,3 +312,22 @@ describe("downloadSegmented", () => {
     assert.ok(one / eight >= 4, `only ${(one / eight).toFixed(1)}× faster`);
   });
 });
+
+describe("downloadSegmented on a clean origin", () => {
+  test("no retries: every segment is one request read to its end (undici's empty chunks are not a segment's end)", async (t) => {
+    const dir = await tempDir(t);
+    const route = origin.route("/seg-clean.bin", { size: 128 * MB, throttleBytesPerSec: 50e6, latencyMs: 20 });
+    const partial = join(dir, "clean.bin.downloading");
+    const retried: string[] = [];
+    await downloadSegmented(
+      options(route, partial, {
+        connections: 4,
+        minSegmentBytes: 32 * MB,
+        onRetry: ({ error }) => retried.push(error.message),
+      }),
+    );
+    assert.equal(await fileSha256(partial), await route.sha256());
+    assert.deepEqual(retried, []);
+    assert.equal(requested(route.requests).length, 4, "one request per segment, none repeated");
+  });
+});

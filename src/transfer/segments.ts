@@ -407,12 +407,15 @@ class SegmentedDownload {
       }
       checkResponse(response.statusCode, response.headers, url.href, from, to, totalBytes, this.#validator);
       await response.consume((chunk) => {
-        // The segment may have shrunk since the request went out (work stealing): stop at its end.
-        const n = Math.min(chunk.length, seg.end - seg.pos);
-        if (n <= 0) {
+        // The segment may have shrunk since the request went out (work stealing): stop at its end. (undici also
+        // hands over empty chunks, which must not read as that.)
+        const left = seg.end - seg.pos;
+        if (left <= 0) {
           response.cancel();
           return undefined;
         }
+        const n = Math.min(chunk.length, left);
+        if (n === 0) return undefined;
         seg.pos += n;
         const wait = both(writer.write(n < chunk.length ? chunk.subarray(0, n) : chunk), pace?.(n));
         // A stolen tail is not read: the connection closes. Otherwise the body's end keeps the connection reusable.
