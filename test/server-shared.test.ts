@@ -195,6 +195,14 @@ describe("BullMQ loads only for the commands that use Redis", {
     assert.deepEqual(redisModules, []);
   });
 
+  test("the library's entry loads no progress board: cli-progress and string-width come with the first bar", () => {
+    const { files, packages } = staticGraph(join(ROOT, "dist/index.js"));
+    assert.ok(files.has(join(ROOT, "dist/progress/console.js")) && files.has(join(ROOT, "dist/queue.js")));
+    for (const heavy of ["cli-progress", "string-width", "bullmq", "ioredis", "fastify", "better-sqlite3"]) {
+      assert.ok(!packages.has(heavy), `${heavy} is imported statically`);
+    }
+  });
+
   test("nor from the service (dlqueue/server): only createService({ shared }) loads it", () => {
     const { files, packages } = staticGraph(join(ROOT, "dist/server/service.js"));
     assert.ok(packages.has("fastify"));

@@ -4,9 +4,23 @@
 import { basename } from "node:path";
 import type { DownloadJob, MultiFileDownloadJob } from "../job.js";
 import { formatDuration } from "../units.js";
-import { type BoardLine, showLine } from "./board.js";
-import { formatLine } from "./format.js";
+import type { BoardLine } from "./board.js";
+import type { formatLine } from "./format.js";
 import { SpeedMeter } from "./speed.js";
+
+type Drawing = { showLine(line: BoardLine): void; formatLine: typeof formatLine };
+/**
+ * The board and its text widths (cli-progress, string-width: ~5 MB) load with the first bar drawn, so a program
+ * that imports dlqueue and never shows one does not carry them.
+ */
+let drawing: Promise<Drawing> | undefined;
+/** A bar whose board is still loading: not final, so no second bar starts for its job meanwhile. */
+const pendingLine = { final: (): string | undefined => undefined };
+const loadDrawing = (): Promise<Drawing> =>
+  (drawing ??= Promise.all([import("./board.js"), import("./format.js")]).then(([board, format]) => ({
+    showLine: board.showLine,
+    formatLine: format.formatLine,
+  })));
 
 /**
  * A progress bar per download on stderr: `download({ ..., onProgress: new ConsoleProgress().update })`. One
@@ -15,7 +29,7 @@ import { SpeedMeter } from "./speed.js";
  * leaving its final line. Draws nothing when stderr is not a terminal.
  */
 export class ConsoleProgress {
-  readonly #lines = new Map<number, JobLine>();
+  readonly #lines = new Map<number, Pick<JobLine, "final">>();
   readonly #names: ReadonlyMap<number, string> | undefined;
 
   /** `names`: what to call a job other than its file's name (a model's part, whose file may be a cache blob). */
@@ -26,13 +40,21 @@ export class ConsoleProgress {
   /** An arrow property, so `progress.update` can be handed over as a callback without binding. */
   readonly update = (job: DownloadJob | MultiFileDownloadJob): void => {
     if (!process.stderr.isTTY) return;
-    let line = this.#lines.get(job.id);
+    const line = this.#lines.get(job.id);
     if (!line || line.final() !== undefined) {
       // A job is only drawn while it runs; a paused job that runs again gets a fresh bar.
       if (job.status !== "running") return;
-      line = new JobLine(job, this.#names?.get(job.id));
-      this.#lines.set(job.id, line);
-      showLine(line);
+      const name = this.#names?.get(job.id);
+      // Held before the board loads, so a second callback meanwhile does not start a second bar.
+      this.#lines.set(job.id, pendingLine);
+      loadDrawing().then(
+        (draw) => {
+          const shown = new JobLine(job, draw.formatLine, name);
+          this.#lines.set(job.id, shown);
+          draw.showLine(shown);
+        },
+        (err) => process.emitWarning(`dlqueue: no progress bar (${err instanceof Error ? err.message : err})`),
+      );
     }
   };
 }
@@ -48,9 +70,11 @@ class JobLine implements BoardLine {
   readonly #startBytes: number;
 
   readonly #given: string | undefined;
+  readonly #formatLine: typeof formatLine;
 
-  constructor(job: ProgressJob, name?: string) {
+  constructor(job: ProgressJob, format: typeof formatLine, name?: string) {
     this.#job = job;
+    this.#formatLine = format;
     this.#given = name;
     this.#startBytes = job.bytes;
   }
@@ -66,7 +90,7 @@ class JobLine implements BoardLine {
     this.#meter.sample(job.bytes);
     const speed = this.#meter.bytesPerSecond();
     const eta = speed && job.totalBytes > 0 ? (job.totalBytes - job.bytes) / speed : undefined;
-    return formatLine(width, {
+    return this.#formatLine(width, {
       name: this.#name,
       bytes: job.bytes,
       totalBytes: job.totalBytes,
@@ -86,7 +110,7 @@ class JobLine implements BoardLine {
       const moved = job.bytes - this.#startBytes;
       // Nothing seen moving (a file complete before this run, or one whose bar began at its last callback): no
       // speed rather than 0 B/s, which would say the link is dead.
-      return formatLine(width, {
+      return this.#formatLine(width, {
         ...line,
         totalBytes: job.bytes,
         bytesOnly: true,
@@ -95,6 +119,6 @@ class JobLine implements BoardLine {
       });
     }
     const why = job.status === "error" ? "failed" : job.status === "cancelled" ? "cancelled" : "stopped";
-    return formatLine(width, { ...line, note: why });
+    return this.#formatLine(width, { ...line, note: why });
   }
 }
