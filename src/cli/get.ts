@@ -1,4 +1,5 @@
 /** What `dlqueue get` and `resume` run: URLs downloaded with live bars, resumable on Ctrl-C, JSON lines for scripts. */
+
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { constants } from "node:os";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";
@@ -10,8 +11,8 @@ import type { Logger } from "../logger.js";
 import { DownloadQueue } from "../queue.js";
 import { civitaiEndpoint, civitaiToken, isCivitaiSource, parseCivitaiSource } from "../sources/civitai.js";
 import { hfToken, isHfSource, parseHfSource } from "../sources/hf.js";
-import { readCaFile } from "../validate.js";
 import type { QueueEventName, QueueEventPayloads } from "../wire.js";
+import { readCaOption } from "./ca-file.js";
 import { defaultStatePath, tokenRulesFromEnv } from "./env.js";
 import type { GetOptions } from "./get-command.js";
 import { InputFileError, parseInputFile, readInputFile } from "./input-file.js";
@@ -47,7 +48,7 @@ const QUIET_RETRY_MS = 10_000;
 export async function runGet(urls: string[], options: GetOptions, command: Command): Promise<number> {
   const usage = (message: string): never => command.error(`error: ${message}`, { exitCode: 2, code: "dlqueue.usage" });
   const headers = parseHeaders(options.header ?? [], usage);
-  const ca = caCertificate(options.caCertificate, usage);
+  const ca = await readCaOption(options.caCertificate, usage);
   const statePath = stateFile(options, usage);
   const plan = options.resumeOnly ? [] : await planDownloads(urls, options, usage);
   checkDestinations(plan, usage);
@@ -410,17 +411,6 @@ function proxySecrets(proxy: string | undefined, usage: (message: string) => nev
     password = decodeURIComponent(url.password);
   } catch {}
   return [url.password, password].filter((secret) => secret.length > 0);
-}
-
-/** --ca-certificate's file, read as the command starts, so a wrong path is a usage error before anything is fetched. */
-function caCertificate(path: string | undefined, usage: (message: string) => never): string | undefined {
-  if (path === undefined) return undefined;
-  try {
-    return readCaFile(path);
-  } catch (err) {
-    if (err instanceof DlqError) usage(`--ca-certificate: ${err.message}`);
-    throw err;
-  }
 }
 
 function signalExitCode(signal: NodeJS.Signals): number {

@@ -5,6 +5,7 @@ import { DlqError } from "../errors.js";
 import { API_PREFIX } from "../server/prefix.js";
 import { isLoopbackHost } from "../server/security.js";
 import type { Service, SharedServiceOptions } from "../server/service.js";
+import { readCaOption } from "./ca-file.js";
 import { CA_CERTIFICATE_HELP } from "./get-command.js";
 import { integerArgument } from "./numbers.js";
 
@@ -99,17 +100,8 @@ async function runServe(options: ServeOptions, command: Command): Promise<number
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const root = resolve(options.root);
   // Fastify and its plugins load only for `serve`: `get` starts faster and smaller without them.
-  const [{ createService, QueueSetupError }, { readCaFile }] = await Promise.all([
-    import("../server/service.js"),
-    import("../validate.js"),
-  ]);
-  let ca: string | undefined;
-  try {
-    ca = options.caCertificate === undefined ? undefined : readCaFile(options.caCertificate);
-  } catch (err) {
-    if (!(err instanceof DlqError)) throw err;
-    return usage(`--ca-certificate: ${err.message}`);
-  }
+  const { createService, QueueSetupError } = await import("../server/service.js");
+  const ca = await readCaOption(options.caCertificate, usage);
   let service: Service | undefined;
   try {
     service = await createService({

@@ -6,6 +6,7 @@ import { DlqError } from "../errors.js";
 import type { Logger } from "../logger.js";
 import type { DownloadWorker } from "../redis/index.js";
 import { formatBytes, formatDuration } from "../units.js";
+import { readCaOption } from "./ca-file.js";
 import { tokenRulesFromEnv } from "./env.js";
 import type { WorkerCliOptions } from "./worker-command.js";
 
@@ -22,11 +23,10 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
   const allowPrivateNetworks = options.allowPrivateNetworks === true;
   const root = resolve(options.root);
   // BullMQ and ioredis load only for the commands that use Redis: `get` and `--version` start without them.
-  const [redis, { redisWhere }, { guardedDispatcher, redirectGuard }, { readCaFile }] = await Promise.all([
+  const [redis, { redisWhere }, { guardedDispatcher, redirectGuard }] = await Promise.all([
     import("../redis/index.js"),
     import("../redis/connection.js"),
     import("../server/ssrf.js"),
-    import("../validate.js"),
   ]);
   let secret: string | undefined;
   try {
@@ -35,13 +35,7 @@ export async function runWorker(options: WorkerCliOptions, command: Command): Pr
     if (!(err instanceof DlqError || err instanceof CommanderArgumentError)) throw err;
     return usage(err.message);
   }
-  let ca: string | undefined;
-  try {
-    ca = options.caCertificate === undefined ? undefined : readCaFile(options.caCertificate);
-  } catch (err) {
-    if (!(err instanceof DlqError)) throw err;
-    return usage(`--ca-certificate: ${err.message}`);
-  }
+  const ca = await readCaOption(options.caCertificate, usage);
 
   const say = (line: string) => process.stdout.write(`${line}\n`);
   const complain = (line: string) => process.stderr.write(`${line}\n`);
