@@ -1,5 +1,4 @@
 /** What `dlqueue get` and `resume` run: URLs downloaded with live bars, resumable on Ctrl-C, JSON lines for scripts. */
-
 import { existsSync, mkdirSync, statSync } from "node:fs";
 import { constants } from "node:os";
 import { dirname, isAbsolute, join, resolve, sep } from "node:path";

@@ -62,10 +62,10 @@ const RESUMABLE_MIN_BYTES = 64 * 1024;
 const SEGMENTED_MIN_BYTES = 8 * 1024 * 1024;
 /**
  * With connectionsPerFile left automatic, files this large borrow the queue's idle slots as extra connections, up
- * to AUTO_CONNECTIONS in all. Measured (bench/results.md): a throttled origin (50 MB/s per connection) gives one
- * 512 MiB file 4× the speed over 4 connections; on an unthrottled local nginx, where the CPU is the limit, 4
- * connections cost nothing (2 GiB: 3.9 s either way) while 8 cost 20%, and 8 files at once gain nothing from
- * more than one connection each (hence only idle slots).
+ * to AUTO_CONNECTIONS in all. Measured (bench/results.md): on an origin capping each connection at 50 MB/s one
+ * 512 MiB file takes 3.1 s over 4 connections against 11.1 s over one; on a local nginx, where the CPU is the limit,
+ * 4 connections cost nothing (2 GiB: 3.96 s against 4.26 s over one), and 8 files at once gained nothing from more
+ * than one connection each (hence only idle slots).
  */
 const AUTO_SEGMENTED_MIN_BYTES = 64 * 1024 * 1024;
 const AUTO_CONNECTIONS = 4;
