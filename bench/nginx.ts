@@ -163,6 +163,8 @@ http {
   server {
     listen 127.0.0.1:${port};
     root ${root};
+    # The harness's readiness probe, answered whatever the root folder holds.
+    location = /.ready { return 204; }
   }
   # As a CDN serves: TLS 1.2 and 1.3, HTTP/1.1 (no http2, which the clients here would not all speak), sessions
   # cached so a client's new connections may resume. sendfile stays on above, but without kernel TLS nginx reads
@@ -203,11 +205,14 @@ export async function startNginx(root: string): Promise<Nginx> {
   const baseUrl = `http://127.0.0.1:${port}`;
   for (let i = 0; ; i++) {
     if (exited) throw new Error(`nginx exited: ${await readFile(join(dir, "error.log"), "utf8").catch(() => "")}`);
-    try {
-      if ((await fetch(`${baseUrl}/manifest.json`, { method: "HEAD" })).ok) break;
-    } catch {
-      if (i > 100) throw new Error("nginx did not start within 5 s");
-    }
+    if (
+      await fetch(`${baseUrl}/.ready`).then(
+        (r) => r.status === 204,
+        () => false,
+      )
+    )
+      break;
+    if (i > 100) throw new Error("nginx did not start within 5 s");
     await new Promise((r) => setTimeout(r, 50));
   }
   return {

@@ -3,6 +3,7 @@
 // on Node 22 and 24, which are otherwise installed from npm into bench/out/node/ on first use).
 // --only models runs only the model-repo row (bench/models.ts: dlqueue vs @huggingface/hub's snapshotDownload).
 // --only workers runs only the shared queue's row (bench/workers.ts: 1, 2 and 4 `dlqueue worker`s on BullMQ + Redis).
+// --only startup runs only the CLI start-up table (bench/startup.ts: --version, --help, a 1 KB get, Node's own start).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
 import { mkdir, mkdtemp, rm, writeFile } from "node:fs/promises";
@@ -93,6 +94,11 @@ const workersArgs = (repetitions: number, ...extra: string[]) => [
 ];
 if (args.only === "workers") {
   process.exit(spawnSync("node", workersArgs(reps), { cwd: repo, stdio: "inherit" }).status ?? 1);
+}
+// And the CLI start-up table: its own nginx and a 1 KB file.
+const startupArgs = ["--import", "tsx", `${repo}/bench/startup.ts`];
+if (args.only === "startup") {
+  process.exit(spawnSync("node", startupArgs, { cwd: repo, stdio: "inherit" }).status ?? 1);
 }
 const sizes = args.quick ? QUICK : FULL;
 const throttledSize = args.quick ? 16 * MiB : 512 * MiB;
@@ -349,6 +355,17 @@ if (want("queued")) {
   queued = `### A queue holding many waiting jobs (bench/queued.ts)\n\n${run.status === 0 ? run.stdout : `FAILED (exit ${run.status})`}`;
 }
 
+// What a script calling the CLI once per file pays: Node's start, `--version`, `--help`, a 1 KB get (bench/startup.ts).
+let startup = "";
+if (want("startup")) {
+  const run = spawnSync("node", [...startupArgs, "--embed"], {
+    cwd: repo,
+    encoding: "utf8",
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  startup = run.status === 0 ? run.stdout : `### CLI start-up (bench/startup.ts)\n\nFAILED (exit ${run.status})\n`;
+}
+
 // A Hugging Face repo of 50 files, one of 1 GiB: dlqueue vs @huggingface/hub's snapshotDownload (bench/models.ts),
 // its CDN played once by the stand-in hub's own node:http server and once by nginx: the ratio depends on it.
 let models = "";
@@ -443,6 +460,7 @@ ${tlsNote}- wall ÷ curl: the tool's median wall time divided by curl's in the s
 ${skipped.length ? `\nSkipped: ${skipped.join("; ")}\n` : ""}
 ${tables.join("\n\n")}
 ${queued ? `\n${queued}` : ""}
+${startup ? `\n${startup}` : ""}
 ${models ? `\n${models}` : ""}
 ${workers ? `\n${workers}` : ""}
 ${timeNotes ? `\n${timeNotes}` : ""}`;
