@@ -2,19 +2,13 @@
 /** The `dlqueue` command. Exit status: 0 all done, 1 some downloads failed, 2 bad usage, 128+n on signal n. */
 import module from "node:module";
 import { constants } from "node:os";
-import { setFlagsFromString } from "node:v8";
 import { Command, CommanderError } from "commander";
 import { VERSION } from "../version.js";
 import { addGetCommand, addResumeCommand } from "./get-command.js";
 import { outputClosed } from "./output.js";
-import { addServeCommand } from "./serve.js";
+import { addServeCommand } from "./serve-command.js";
 import { addWorkerCommand } from "./worker-command.js";
 
-// undici parses HTTP with llhttp, in WebAssembly. V8 compiles it once with its baseline compiler and again with
-// TurboFan on a background thread that the process waits for when it exits: 0.2 s of a 1 KB `get`, and ~25 MB of
-// peak memory. The baseline code is no slower here (the parser only frames the body): 2 GiB took 1.2 s of user CPU
-// with it against 1.4 s, and peaked at 100 MB against 128 MB. Set before the first connection compiles the parser.
-setFlagsFromString("--liftoff-only");
 // Node 22.1+ keeps compiled code of the modules between runs (in the system's temp folder): a shorter start for
 // every run after the first. Node 20 has no such cache.
 (module as { enableCompileCache?: () => unknown }).enableCompileCache?.();
@@ -24,7 +18,16 @@ const program = new Command("dlqueue")
   .version(VERSION)
   // Usage errors must exit 2, not commander's 1; settings set here are inherited by the subcommands.
   .exitOverride()
-  .showHelpAfterError("(add --help for usage)");
+  .showHelpAfterError("(add --help for usage)")
+  // undici parses HTTP with llhttp, in WebAssembly. V8 compiles it once with its baseline compiler and again with
+  // TurboFan on a background thread that the process waits for when it exits: 0.2 s of a 1 KB `get`, and ~25 MB of
+  // peak memory. The baseline code is no slower here (the parser only frames the body): 2 GiB took 1.2 s of user
+  // CPU with it against 1.4 s, and peaked at 100 MB against 128 MB. Set before a command's first connection compiles
+  // the parser; node:v8 loads only then, as `--version` and `--help` have no use for its 5 ms.
+  .hook("preAction", async () => {
+    const { setFlagsFromString } = await import("node:v8");
+    setFlagsFromString("--liftoff-only");
+  });
 addGetCommand(program);
 addResumeCommand(program);
 addServeCommand(program);
