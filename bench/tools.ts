@@ -36,7 +36,7 @@ export interface Tool {
 }
 
 const here = (f: string) => fileURLToPath(new URL(f, import.meta.url));
-export const DLQUEUE_CLI = here("../dist/cli/main.js");
+export const DLQUEUE_CLI = here("../dist/bin/dlqueue.js");
 export const DLQUEUE_DIST = here("../dist/index.js");
 
 /**

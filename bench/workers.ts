@@ -503,7 +503,7 @@ const redisVersion = /v=([\d.]+)/.exec(execFileSync("redis-server", ["--version"
 const nginxVersion = spawnSync("/usr/sbin/nginx", ["-v"], { encoding: "utf8" })
   .stderr.trim()
   .replace(/^nginx version: /, "");
-const workerCommand = `node dist/cli/main.js worker --redis <redis> --queue <queue> --root <root> --allow-private-networks -j <n>`;
+const workerCommand = `node dist/bin/dlqueue.js worker --redis <redis> --queue <queue> --root <root> --allow-private-networks -j <n>`;
 const section = `### Shared queue (BullMQ + Redis)
 
 Run by \`node --import tsx bench/workers.ts\` (also \`npm run bench -- --only workers\`, and part of a full \`npm run bench\`).

@@ -1,7 +1,7 @@
 /**
- * `dlqueue get` with model sources (hf://, Civitai), driven as users drive it: the built dist/cli/main.js in a child
- * process, HF_ENDPOINT / CIVITAI_ENDPOINT pointing at the stand-ins, HF_HUB_CACHE at a temporary folder. Run
- * `npm run build` first.
+ * `dlqueue get` with model sources (hf://, Civitai), driven as users drive it: the built dist/bin/dlqueue.js (the
+ * bundle npm installs as `dlqueue`) in a child process, HF_ENDPOINT / CIVITAI_ENDPOINT pointing at the stand-ins,
+ * HF_HUB_CACHE at a temporary folder. Run `npm run build` first.
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawn } from "node:child_process";
@@ -24,7 +24,7 @@ import { type StandInCivitai, startCivitai } from "./helpers/civitai.js";
 import { type HubRepo, type StandInHub, startHub } from "./helpers/hub.js";
 import { systemPackage } from "./helpers/system.js";
 
-const CLI = fileURLToPath(new URL("../dist/cli/main.js", import.meta.url));
+const CLI = fileURLToPath(new URL("../dist/bin/dlqueue.js", import.meta.url));
 
 /** A diffusers-style repo: nested folders, LFS weights (on the CDN) and small git files. */
 const PIPELINE = {

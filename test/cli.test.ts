@@ -1,7 +1,7 @@
 /**
- * The `dlqueue` command, driven as users drive it: the built dist/cli/main.js in a child process against the
- * fault-injecting origin, in a pseudo-terminal (util-linux `script`) for the bars and through pipes for JSON lines.
- * Run `npm run build` first.
+ * The `dlqueue` command, driven as users drive it: the built dist/bin/dlqueue.js (the bundle npm installs as
+ * `dlqueue`) in a child process against the fault-injecting origin, in a pseudo-terminal (util-linux `script`) for
+ * the bars and through pipes for JSON lines. Run `npm run build` first.
  */
 import assert from "node:assert/strict";
 import { type ChildProcess, execFileSync, spawn } from "node:child_process";
@@ -25,7 +25,7 @@ import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 import { systemPackage } from "./helpers/system.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "dist/cli/main.js");
+const CLI = join(ROOT, "dist/bin/dlqueue.js");
 const INDEX = join(ROOT, "dist/index.js");
 
 // biome-ignore lint/suspicious/noControlCharactersInRegex: stripping terminal escape sequences is the point

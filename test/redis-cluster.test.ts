@@ -1,6 +1,6 @@
 /**
  * The shared queue as it is deployed: `dlqueue worker` processes and a `dlqueue serve --redis -j 0` API node, each its
- * own OS process (the built dist/cli/main.js: run `npx tsc -p tsconfig.build.json` first), one redis-server and the
+ * own OS process (the built dist/bin/dlqueue.js: run `npm run build` first), one redis-server and the
  * origin, all on 127.0.0.1. What one process cannot show: the start order across workers, a worker killed mid-file,
  * Redis killed under running workers, and the API node's answers about jobs that other processes run.
  */
@@ -21,7 +21,7 @@ import { type Origin, type Route, startOrigin } from "./helpers/origin.js";
 import { type RedisServer, redisPackage, scanAll, startRedis } from "./helpers/redis.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "dist/cli/main.js");
+const CLI = join(ROOT, "dist/bin/dlqueue.js");
 const API_PREFIX = "/api/v1/download_queue";
 const SECRET = "an-end-to-end-secret-of-enough-length";
 /** Every REST call is bounded: an API node that hangs fails the test instead of stalling the suite. */

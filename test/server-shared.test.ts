@@ -1,11 +1,11 @@
 /**
  * The shared queue's command line (`dlqueue serve --redis`, `dlqueue worker`): what is refused before any Redis is
- * asked, and that the commands that do not use Redis never load BullMQ. Drives the built dist/cli/main.js: run
- * `npx tsc -p tsconfig.build.json` (or `npm run build`) first.
+ * asked, and that the commands that do not use Redis never load BullMQ. Drives the built dist/bin/dlqueue.js (the
+ * bundle npm installs as `dlqueue`): run `npm run build` first.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { existsSync, readFileSync } from "node:fs";
+import { existsSync, readdirSync, readFileSync } from "node:fs";
 import { createServer } from "node:net";
 import { dirname, join, resolve } from "node:path";
 import { describe, test } from "node:test";
@@ -15,7 +15,7 @@ import { memoryLogger, tempDir } from "./helpers/fs.js";
 import { startOrigin } from "./helpers/origin.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "dist/cli/main.js");
+const CLI = join(ROOT, "dist/bin/dlqueue.js");
 
 interface Finished {
   code: number | null;
@@ -151,7 +151,7 @@ describe("dlqueue worker: refusals", { skip: !existsSync(CLI) && "run the build 
 describe("BullMQ loads only for the commands that use Redis", {
   skip: !existsSync(CLI) && "run the build first",
 }, () => {
-  /** Every module dist/cli/main.js reaches through static imports (dynamic import() excluded), packages by name. */
+  /** Every file `entry` reaches through static imports (dynamic import() excluded), and the packages, by name. */
   function staticGraph(entry: string): { files: Set<string>; packages: Set<string> } {
     const files = new Set<string>();
     const packages = new Set<string>();
@@ -177,22 +177,47 @@ describe("BullMQ loads only for the commands that use Redis", {
     return { files, packages };
   }
 
+  /** The modules bundled into `files`: esbuild heads each one's code with a `// dist/…` or `// node_modules/…` line. */
+  function bundledModules(files: Set<string>): Set<string> {
+    const modules = [...files].flatMap((file) =>
+      [...readFileSync(file, "utf8").matchAll(/^\/\/ ((?:dist|node_modules)\/\S+\.[cm]?js)$/gm)].map(
+        (m) => m[1] as string,
+      ),
+    );
+    return new Set(modules);
+  }
+
   test("no static import chain from the CLI's entry reaches bullmq, ioredis, dist/redis or any command's engine", () => {
     const { files, packages } = staticGraph(CLI);
+    const modules = bundledModules(files);
     // The walk found the CLI's own modules and packages, so a miss below is not a walk that found nothing.
-    assert.ok(files.has(join(ROOT, "dist/cli/get-command.js")) && files.has(join(ROOT, "dist/cli/worker-command.js")));
-    assert.ok(packages.has("commander"));
+    assert.ok(modules.has("dist/cli/get-command.js") && modules.has("dist/cli/worker-command.js"));
+    assert.ok(modules.has("node_modules/commander/lib/command.js"));
     // What a command runs loads when it runs: `--version`, `--help` and every other command start without it.
-    for (const engine of ["cli/get.js", "cli/worker.js", "queue.js", "server/app.js", "server/routes.js"]) {
-      assert.ok(!files.has(join(ROOT, "dist", engine)), `${engine} is imported statically`);
+    for (const engine of ["cli/get.js", "cli/serve.js", "cli/worker.js", "queue.js", "server/security.js"]) {
+      assert.ok(!modules.has(`dist/${engine}`), `${engine} is imported statically`);
     }
-    for (const heavy of ["undici", "fastify", "better-sqlite3", "string-width"]) {
-      assert.ok(!packages.has(heavy), `${heavy} is imported statically`);
+    for (const heavy of ["undici", "cli-progress", "string-width"]) {
+      const found = [...modules].filter((module) => module.startsWith(`node_modules/${heavy}/`));
+      assert.deepEqual(found, [], `${heavy} is imported statically`);
     }
-    assert.ok(!packages.has("bullmq"), "bullmq is imported statically");
-    assert.ok(!packages.has("ioredis"), "ioredis is imported statically");
-    const redisModules = [...files].filter((file) => file.startsWith(join(ROOT, "dist/redis/")));
-    assert.deepEqual(redisModules, []);
+    for (const external of ["fastify", "better-sqlite3", "bullmq", "ioredis"]) {
+      assert.ok(!packages.has(external), `${external} is imported statically`);
+    }
+    assert.deepEqual(
+      [...modules].filter((module) => module.startsWith("dist/redis/")),
+      [],
+    );
+  });
+
+  test("`get` runs undici from the bundle, not from node_modules, and the bundle leaves out its server's libraries", () => {
+    const modules = bundledModules(new Set(readdirSync(join(ROOT, "dist/bin")).map((f) => join(ROOT, "dist/bin", f))));
+    assert.ok(modules.has("node_modules/undici/lib/dispatcher/client-h1.js"));
+    assert.ok(modules.has("dist/queue.js") && modules.has("dist/cli/get.js"));
+    for (const external of ["fastify", "better-sqlite3", "bullmq", "ioredis", "@huggingface/hub"]) {
+      const found = [...modules].filter((module) => module.startsWith(`node_modules/${external}/`));
+      assert.deepEqual(found, [], `${external} is bundled`);
+    }
   });
 
   test("the library's entry loads no progress board: cli-progress and string-width come with the first bar", () => {

@@ -1195,7 +1195,7 @@ describe("event stream", () => {
 
 describe("dlqueue serve", () => {
   // The built command, as users run it (`npm test` builds first).
-  const main = join(import.meta.dirname, "../dist/cli/main.js");
+  const main = join(import.meta.dirname, "../dist/bin/dlqueue.js");
 
   function serve(args: string[], cwd: string) {
     const child = spawn(process.execPath, [main, "serve", ...args], {

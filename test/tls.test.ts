@@ -1,7 +1,7 @@
 /**
  * HTTPS origins and the `ca` option (`--ca-certificate`): a real node:https server on 127.0.0.1 whose certificate is
  * signed by the test CA in test/fixtures/tls, trusted only when the queue is told to. The CLI cases run the built
- * dist/cli/main.js: run `npx tsc -p tsconfig.build.json` first.
+ * dist/bin/dlqueue.js: run `npm run build` first.
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -21,7 +21,7 @@ import { deterministicBytes } from "./helpers/origin.js";
 import { startProxy } from "./helpers/proxy.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
-const CLI = join(ROOT, "dist/cli/main.js");
+const CLI = join(ROOT, "dist/bin/dlqueue.js");
 const FIXTURES = join(ROOT, "test/fixtures/tls");
 const CA_FILE = join(FIXTURES, "ca.pem");
 const CA = readFileSync(CA_FILE);

@@ -2,19 +2,22 @@
  * The parts of undici that dlqueue runs, loaded file by file. undici's index loads every API it has (fetch,
  * WebSocket, caches, mocks) and makes Node load its own bundled copy of undici as well: 85 ms of CPU and 9 MB
  * before the first byte, a third of a short `dlqueue get`. Types still come from the index, which costs nothing.
+ * Static imports, so the CLI's bundler (scripts/bundle-cli.mjs) takes these files into the bundle.
  */
-import { createRequire } from "node:module";
 import type * as Undici from "undici";
-
-const require = createRequire(import.meta.url);
+import apiMethods from "undici/lib/api/index.js";
+import connector from "undici/lib/core/connect.js";
+import agent from "undici/lib/dispatcher/agent.js";
+import dispatcher from "undici/lib/dispatcher/dispatcher.js";
+import envHttpProxyAgent from "undici/lib/dispatcher/env-http-proxy-agent.js";
+import proxyAgent from "undici/lib/dispatcher/proxy-agent.js";
 
 // As undici's index does: a proxy tunnels through a client's `connect()`, and a dispatcher handed to a caller
 // should answer `request()` as undici's own do.
-const Dispatcher: typeof Undici.Dispatcher = require("undici/lib/dispatcher/dispatcher.js");
-Object.assign(Dispatcher.prototype, require("undici/lib/api/index.js"));
+Object.assign((dispatcher as typeof Undici.Dispatcher).prototype, apiMethods);
 
-export const Agent: typeof Undici.Agent = require("undici/lib/dispatcher/agent.js");
-export const EnvHttpProxyAgent: typeof Undici.EnvHttpProxyAgent = require("undici/lib/dispatcher/env-http-proxy-agent.js");
-export const ProxyAgent: typeof Undici.ProxyAgent = require("undici/lib/dispatcher/proxy-agent.js");
-export const buildConnector: typeof Undici.buildConnector = require("undici/lib/core/connect.js");
+export const Agent: typeof Undici.Agent = agent;
+export const EnvHttpProxyAgent: typeof Undici.EnvHttpProxyAgent = envHttpProxyAgent;
+export const ProxyAgent: typeof Undici.ProxyAgent = proxyAgent;
+export const buildConnector: typeof Undici.buildConnector = connector;
 export type Agent = Undici.Agent;
