@@ -12,12 +12,17 @@
  *
  * Content addressing is what makes a blob shared by two revisions stored once, and a second run fetch nothing.
  */
-import { randomBytes } from "node:crypto";
 import type { Stats } from "node:fs";
 import { copyFile, lstat, mkdir, readFile, rename, rm, stat, symlink, writeFile } from "node:fs/promises";
+import { createRequire } from "node:module";
 import { homedir } from "node:os";
 import { dirname, join, relative } from "node:path";
 import { InvalidArgumentError, UnsafePathError } from "../errors.js";
+
+// node:crypto (for temporary names) loads with the cache's first write: it costs 10 ms of every start otherwise.
+const require = createRequire(import.meta.url);
+const randomHex = (bytes: number): string =>
+  (require("node:crypto") as typeof import("node:crypto")).randomBytes(bytes).toString("hex");
 
 export type HfRepoType = "model" | "dataset" | "space";
 
@@ -163,7 +168,7 @@ export async function linkSnapshot(
   const target = snapshotPath(repoFolder, commit, path);
   const folder = dirname(target);
   await mkdir(folder, { recursive: true });
-  const temp = join(folder, `.${randomBytes(6).toString("hex")}.dlq-link`);
+  const temp = join(folder, `.${randomHex(6)}.dlq-link`);
   const env = options.env ?? process.env;
   const wantLinks = options.symlinks ?? !isTrue(env.HF_HUB_DISABLE_SYMLINKS);
 
@@ -221,7 +226,7 @@ export async function writeRef(repoFolder: string, revision: string, commit: str
     // missing or unreadable: write it
   }
   await mkdir(dirname(ref), { recursive: true });
-  const temp = `${ref}.${randomBytes(4).toString("hex")}.tmp`;
+  const temp = `${ref}.${randomHex(4)}.tmp`;
   try {
     await writeFile(temp, commit);
     await rename(temp, ref);
