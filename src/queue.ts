@@ -868,6 +868,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
   }
 
   #emit(event: QueueEventName, job: DownloadJob): void {
+    // A payload is a copy of the job in the seed's field names: not made for nobody.
+    if (!this.#eventBus && this.listenerCount(event) === 0) return;
     const payload = eventPayload(event, job);
     try {
       this.emit(event, payload as never);

@@ -565,8 +565,11 @@ function checkDestinations(plan: Planned[], usage: (message: string) => never): 
 /** Creates each destination folder up front, so an unwritable destination is a usage error before anything starts. */
 function createFolders(plan: Planned[]): void {
   // A model's folder is left to the library, made only once the model resolves: an unknown repo writes nothing.
+  // A thousand URLs into one folder make it once.
+  const made = new Set<string>();
   for (const item of plan) {
-    if (item.model || item.dest === undefined) continue;
+    if (item.model || item.dest === undefined || made.has(item.dest)) continue;
+    made.add(item.dest);
     mkdirSync(namesFolder(item.dest) ? item.dest : dirname(resolve(item.dest)), { recursive: true });
   }
 }

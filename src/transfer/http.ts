@@ -385,7 +385,8 @@ class FileTransfer {
             this.req.dest,
             fileNameFor(this.req.source, header(response.headers, "content-disposition")),
           );
-          finished = await this.#finishedFile(this.downloadPath);
+          // The name the URL suggested was looked up before the request: one stat of the seven calls a small file costs.
+          if (this.downloadPath !== candidate) finished = await this.#finishedFile(this.downloadPath);
           if (finished && (await this.#isFinished(response, finished, this.downloadPath))) {
             response.cancel();
             return this.#alreadyComplete(this.downloadPath, finished.size);
