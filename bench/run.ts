@@ -452,6 +452,9 @@ How to read it:
   play no part. Downloads are written to the same ext4 filesystem without fsync by the harness; \`sync\` runs before
   every run so earlier writeback does not land on the next one.
 - aria2c runs with \`--file-allocation=none\`; its 1-connection rows use \`-x1 -s1\`.
+- every client runs without the machine's \`NODE_EXTRA_CA_CERTS\` (this VM points it at the system's 140 CAs, which
+  costs each Node process ~0.05 s and 8 MB at start and a user's Node does not pay); https rows set it where a client
+  trusts the bench's CA that way.
 - dlqueue (library) runs bench/dlqueue-lib.mjs with plain node (no TypeScript loader) on dist/ from \`npm run build\`,
   with the defaults (maxParallelDownloads 5, automatic connections: up to 4 per file of 64 MiB or more while slots
   are idle); rows that set an option name it.

@@ -385,7 +385,7 @@ class FileTransfer {
             this.req.dest,
             fileNameFor(this.req.source, header(response.headers, "content-disposition")),
           );
-          // The name the URL suggested was looked up before the request: one stat of the seven calls a small file costs.
+          // The name the URL suggested was looked up before the request; again would add a seventh call to six.
           if (this.downloadPath !== candidate) finished = await this.#finishedFile(this.downloadPath);
           if (finished && (await this.#isFinished(response, finished, this.downloadPath))) {
             response.cancel();
