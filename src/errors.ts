@@ -336,6 +336,11 @@ export function classifyFailure(err: unknown, path: string): Error {
   return fsError(err, path);
 }
 
+/** A refused certificate behind `fetch`'s "fetch failed" TypeError (its cause) or on its own; else undefined. */
+export function tlsFailure(err: unknown): TlsCertificateError | undefined {
+  return certificateFailure(err) ?? certificateFailure((err as Error | undefined)?.cause);
+}
+
 /**
  * A refused certificate, as Node reports it (a verification code on a plain Error), or as undici's ProxyAgent does
  * when it is the https proxy's own name that does not match (UND_ERR_PRX_TLS, which would otherwise be retried).

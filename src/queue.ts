@@ -134,7 +134,7 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
    */
   async modelDownload(request: ModelDownloadRequest): Promise<MultiFileDownloadJob> {
     this.#assertOpen();
-    const plan = await planModel(request);
+    const plan = await planModel(request, process.env, this.#listingFetch);
     this.#assertOpen();
     const { dest, parts } = checkMultiFileRequest({
       dest: plan.dest,
@@ -866,6 +866,14 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     else this.#call(multi.callbacks.onError, multi.job, error ?? new Error(multi.job.errorType));
     if (multi.parts.every((p) => p.job.inTerminalState)) multi.done.resolve(multi.job);
   }
+
+  /**
+   * hf:// and Civitai API requests through the queue's own dispatcher, as its files go: its proxy, `ca` and address
+   * guard apply to the listing too. Node's fetch is typed with its own copy of undici's Dispatcher, another version
+   * of the interface dlqueue's undici implements (test/tls.test.ts runs this on Node 20 and CI on 24).
+   */
+  readonly #listingFetch: typeof fetch = (input, init) =>
+    fetch(input, { ...init, dispatcher: this.#settings.dispatcher } as unknown as RequestInit);
 
   #emit(event: QueueEventName, job: DownloadJob): void {
     // A payload is a copy of the job in the seed's field names: not made for nobody.

@@ -17,6 +17,7 @@ import { rootCertificates } from "node:tls";
 import { fileURLToPath } from "node:url";
 import { DlqError, DownloadQueue, type DownloadQueueOptions, TlsCertificateError } from "../src/index.js";
 import { guardedDispatcher } from "../src/server/ssrf.js";
+import { startHub } from "./helpers/hub.js";
 import { deterministicBytes } from "./helpers/origin.js";
 import { startProxy } from "./helpers/proxy.js";
 
@@ -280,6 +281,44 @@ describe("the ca option through a proxy", () => {
     } finally {
       await proxy.close();
     }
+  });
+});
+
+describe("the ca option for model sources", () => {
+  it("lists an hf:// repo on a hub whose CA only the queue trusts, and refuses it without, writing nothing", async (t) => {
+    const hub = await startHub({ tls: { key: KEY, cert: CHAIN } });
+    const endpoint = process.env.HF_ENDPOINT;
+    t.after(async () => {
+      if (endpoint === undefined) delete process.env.HF_ENDPOINT;
+      else process.env.HF_ENDPOINT = endpoint;
+      await hub.close();
+    });
+    process.env.HF_ENDPOINT = hub.url;
+    const weights = deterministicBytes("hub", 0, 300_000);
+    hub.repo("org/behind-ca", { files: { "config.json": '{"layers":2}', "model.safetensors": weights } });
+
+    const untrusted = freshDir();
+    const refusing = new DownloadQueue({ retryDelayMs: 1 });
+    t.after(() => refusing.stop());
+    await assert.rejects(refusing.modelDownload({ source: "hf://org/behind-ca", dest: untrusted }), (err) => {
+      assert.ok(err instanceof TlsCertificateError, `a TlsCertificateError, not ${err}`);
+      assert.match(err.message, /ca/i);
+      return true;
+    });
+    assert.deepEqual(readdirSync(untrusted), []);
+
+    const dest = freshDir();
+    const queue = new DownloadQueue({ retryDelayMs: 1, ca: CA });
+    t.after(() => queue.stop());
+    const job = await queue.modelDownload({ source: "hf://org/behind-ca", dest });
+    await queue.waitForJob(job);
+    assert.equal(job.status, "completed", job.error);
+    assert.equal(sha256(readFileSync(join(dest, "model.safetensors"))), sha256(weights));
+    assert.equal(readFileSync(join(dest, "config.json"), "utf8"), '{"layers":2}');
+    assert.ok(
+      hub.requests.some((r) => r.origin === "hub" && r.url.startsWith("/api/")),
+      "the listing came over TLS",
+    );
   });
 });
 

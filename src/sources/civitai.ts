@@ -3,7 +3,7 @@
  * public REST API (https://developer.civitai.com/site/reference/model-versions) to the files of one model version,
  * with the SHA256 Civitai publishes so the bytes can be checked while they stream.
  */
-import { HttpError } from "../errors.js";
+import { HttpError, tlsFailure } from "../errors.js";
 import { endpointFromEnv, readJson } from "./api.js";
 import {
   BadApiResponseError,
@@ -166,6 +166,8 @@ export async function resolveCivitaiSource(
         accept: "application/json",
         ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
       },
+    }).catch((err: unknown) => {
+      throw tlsFailure(err) ?? err;
     });
     if (!response.ok) {
       await response.body?.cancel();

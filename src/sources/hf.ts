@@ -9,7 +9,7 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ListFileEntry, PathInfo } from "@huggingface/hub";
-import { HttpError, InvalidArgumentError } from "../errors.js";
+import { HttpError, InvalidArgumentError, tlsFailure } from "../errors.js";
 import { checkRepoPath, expandPath, type HfRepoType, hfHome } from "../files/hf-cache.js";
 import { endpointFromEnv, readJson } from "./api.js";
 import {
@@ -482,7 +482,9 @@ function guardedFetch(endpoint: string, token: string | undefined, spec: HfSourc
     const sameOrigin = new URL(url).origin === origin;
     if (!sameOrigin) headers.delete("authorization");
     else if (token && !headers.has("authorization")) headers.set("authorization", `Bearer ${token}`);
-    const response = await base(url, { ...init, headers });
+    const response = await base(url, { ...init, headers }).catch((err: unknown) => {
+      throw tlsFailure(err) ?? err;
+    });
     if (response.ok || (init?.redirect === "manual" && response.status >= 300 && response.status < 400)) {
       return response;
     }

@@ -62,9 +62,14 @@ export interface ModelPlan {
 /**
  * Resolves the source and decides where each file goes. In cache mode, blobs already complete are linked into the
  * snapshot here (and the ref written when nothing is left to fetch), so a second identical run asks the hub only
- * for the listing.
+ * for the listing. `listingFetch` makes the API requests (a queue passes one through its own dispatcher, so its
+ * proxy and `ca` apply to them as to the files); default: the global fetch.
  */
-export async function planModel(request: ModelDownloadRequest, env: Env = process.env): Promise<ModelPlan> {
+export async function planModel(
+  request: ModelDownloadRequest,
+  env: Env = process.env,
+  listingFetch?: typeof fetch,
+): Promise<ModelPlan> {
   const { source } = request;
   if (typeof source !== "string") throw new InvalidArgumentError("source must be a string (hf://… or civitai://…).");
   if (request.dest !== undefined && (typeof request.dest !== "string" || request.dest.length === 0)) {
@@ -84,15 +89,15 @@ export async function planModel(request: ModelDownloadRequest, env: Env = proces
   if (request.cache !== undefined && typeof request.cache !== "string" && typeof request.cache !== "boolean") {
     throw new InvalidArgumentError("cache must be a path to the Hugging Face cache root, or true.");
   }
-  if (isHfSource(source)) return planHf(request, env);
-  if (isModelSource(source, env)) return planCivitai(request, env);
+  if (isHfSource(source)) return planHf(request, env, listingFetch);
+  if (isModelSource(source, env)) return planCivitai(request, env, listingFetch);
   throw new InvalidArgumentError(
     `${JSON.stringify(source)} is not a model source: give hf://ORG/REPO[@REV][/PATH] or ` +
       "civitai://models/ID[@VERSION] (or use download() for a URL).",
   );
 }
 
-async function planHf(request: ModelDownloadRequest, env: Env): Promise<ModelPlan> {
+async function planHf(request: ModelDownloadRequest, env: Env, listingFetch?: typeof fetch): Promise<ModelPlan> {
   if (request.allFiles !== undefined) {
     throw new InvalidArgumentError("allFiles is for Civitai sources; an hf:// source takes include/exclude.");
   }
@@ -104,6 +109,7 @@ async function planHf(request: ModelDownloadRequest, env: Env): Promise<ModelPla
     token: accessToken,
     include: request.include,
     exclude: request.exclude,
+    fetch: listingFetch,
   });
   const tokenFor = (url: string) => (sameOrigin(url, endpoint) ? accessToken : undefined);
   const source = formatHfSource(spec);
@@ -158,7 +164,7 @@ async function planHf(request: ModelDownloadRequest, env: Env): Promise<ModelPla
   };
 }
 
-async function planCivitai(request: ModelDownloadRequest, env: Env): Promise<ModelPlan> {
+async function planCivitai(request: ModelDownloadRequest, env: Env, listingFetch?: typeof fetch): Promise<ModelPlan> {
   if (request.dest === undefined) {
     throw new InvalidArgumentError(
       "A Civitai source needs dest, the folder to put its files in (the Hugging Face cache holds hf:// repos only).",
@@ -170,7 +176,12 @@ async function planCivitai(request: ModelDownloadRequest, env: Env): Promise<Mod
   const endpoint = civitaiEndpoint(env);
   const spec = parseCivitaiSource(request.source, endpoint);
   const token = request.accessToken ?? civitaiToken(env);
-  const resolved = await resolveCivitaiSource(spec, { endpoint, token, allFiles: request.allFiles });
+  const resolved = await resolveCivitaiSource(spec, {
+    endpoint,
+    token,
+    allFiles: request.allFiles,
+    fetch: listingFetch,
+  });
   const dest = resolve(request.dest);
   return {
     origin: { source: `civitai://models/${resolved.modelId}@${resolved.versionId}` },

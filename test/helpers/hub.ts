@@ -18,6 +18,7 @@
  */
 import { createHash, randomBytes } from "node:crypto";
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http";
+import { createServer as createTlsServer } from "node:https";
 import type { AddressInfo } from "node:net";
 
 export type HubRepoType = "model" | "dataset" | "space";
@@ -176,6 +177,8 @@ export interface HubOptions {
   pageSize?: number;
   /** Files at least this large go to LFS unless the spec says otherwise. */
   lfsThreshold?: number;
+  /** Serve the hub's API over https with this certificate (the CDN stays http), as a mirror behind a company CA. */
+  tls?: { key: Buffer; cert: Buffer };
 }
 
 export interface RepoOptions {
@@ -200,10 +203,12 @@ export class StandInHub {
   pageSize: number;
   readonly lfsThreshold: number;
   private servers: Server[] = [];
+  private readonly tls: HubOptions["tls"];
 
   constructor(options: HubOptions = {}) {
     this.pageSize = options.pageSize ?? 3;
     this.lfsThreshold = options.lfsThreshold ?? DEFAULT_LFS_THRESHOLD;
+    this.tls = options.tls;
   }
 
   repo(id: string, options: RepoOptions = {}): HubRepo {
@@ -237,10 +242,12 @@ export class StandInHub {
   }
 
   async start(): Promise<this> {
-    const hub = createServer((req, res) => this.record("hub", req, res, () => this.handleHub(req, res)));
+    const onHub = (req: IncomingMessage, res: ServerResponse) =>
+      this.record("hub", req, res, () => this.handleHub(req, res));
+    const hub = this.tls ? createTlsServer(this.tls, onHub) : createServer(onHub);
     const cdn = createServer((req, res) => this.record("cdn", req, res, () => this.handleCdn(req, res)));
     this.servers = [hub, cdn];
-    this.url = await listen(hub);
+    this.url = (await listen(hub)).replace(/^http:/, this.tls ? "https:" : "http:");
     this.cdnUrl = await listen(cdn);
     return this;
   }
