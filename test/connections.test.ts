@@ -228,6 +228,36 @@ describe("connections by default", () => {
     assert.equal(await fileSha256(join(dest, "grow.bin")), await large.sha256());
   });
 
+  test("a large file that falls back to one stream gives its borrowed slots back: the next large file borrows them", async (t) => {
+    const dest = await tempDir(t);
+    // Claims ranges, answers each with the whole file: caught at the first segment, then fetched over one stream,
+    // throttled so that it is still running when the next file starts.
+    const liar = origin.route("/auto/liar.bin", {
+      size: 64 * MiB,
+      acceptRanges: false,
+      headers: { "Accept-Ranges": "bytes" },
+      throttleBytesPerSec: 16 * MiB,
+    });
+    const next = origin.route("/auto/after-liar.bin", { size: 64 * MiB });
+    const queue = new DownloadQueue({ logger: memoryLogger().logger });
+    const liarJob = queue.download({ source: liar.url, dest });
+    const fellBack = () => liar.requests.some((r, i) => i > 0 && r.headers.range === undefined);
+    for (const started = performance.now(); !fellBack(); ) {
+      assert.ok(performance.now() - started < 10_000, "the fallback stream started");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const nextJob = queue.download({ source: next.url, dest });
+    await queue.waitForJob(nextJob, { timeoutMs: 30_000 });
+    assert.equal(liarJob.status, "running", "the first file was still running when the next one finished");
+    await queue.waitForJob(liarJob, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(nextJob.status, "completed", nextJob.error);
+    assert.equal(liarJob.status, "completed", liarJob.error);
+    assert.equal(ranged(next), 4, "one range request per connection: 4 connections");
+    assert.equal(await fileSha256(join(dest, "after-liar.bin")), await next.sha256());
+    assert.equal(await fileSha256(join(dest, "liar.bin")), await liar.sha256());
+  });
+
   test("a 429 or 503 to some of the connections leaves the rest to finish the file, without retrying them", async (t) => {
     const dest = await tempDir(t);
     const route = origin.route("/auto/throttled.bin", {

@@ -727,6 +727,9 @@ class FileTransfer {
       if (!(err instanceof RangeNotSupportedError) || this.signal.aborted) throw err;
       this.settings.logger.warn(err.message);
       this.#segmented = false;
+      // One stream from here on: slots borrowed for more connections go back now, for another large file to borrow.
+      this.settings.lender?.giveBack(this.#borrowed);
+      this.#borrowed = 0;
       return this.run();
     }
     // Segments arrive out of order, so the checksum needs one read of the finished file.
