@@ -82,3 +82,10 @@ export async function verify(dir: string, expected: Map<string, string>): Promis
     if ((await sha256File(join(dir, name))) !== sha) return `wrong content in ${name}`;
   return null;
 }
+
+/** The middle value; for an even count, the mean of the two middle ones. */
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
+}

@@ -22,7 +22,7 @@ import { parseArgs } from "node:util";
 import { startHub } from "../test/helpers/hub.js";
 import { type Bar, writeChart } from "./chart.js";
 import { sha256File } from "./data.js";
-import { measure, type Sample } from "./measure.js";
+import { measure, median, type Sample } from "./measure.js";
 import { ensureTools, type Nginx, startNginx } from "./nginx.js";
 import { writeSection } from "./sections.js";
 import { DLQUEUE_CLI, DLQUEUE_DIST } from "./tools.js";
@@ -294,11 +294,6 @@ try {
   await rm(home, { recursive: true, force: true });
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 const fmt = (n: number, d = 2) => n.toFixed(d);
 const ok = (r: Row) => !r.error && r.samples.length > 0;
 const ref = rows.find((r) => r.tool === REFERENCE && ok(r));

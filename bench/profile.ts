@@ -8,6 +8,7 @@ import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from "node:fs/promis
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { ensureData, FULL } from "./data.js";
+import { median } from "./measure.js";
 import { startNginx } from "./nginx.js";
 
 const repo = fileURLToPath(new URL("..", import.meta.url)).replace(/\/$/, "");
@@ -130,12 +131,6 @@ function runClient(base: string, dest: string, extra: string[], nodeFlags: strin
     });
   });
 }
-
-const median = (xs: number[]) => {
-  const s = [...xs].sort((x, y) => x - y);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 
 // ---- .cpuprofile analysis ----------------------------------------------------------------------------------------
 

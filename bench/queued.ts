@@ -12,6 +12,7 @@ import { createServer, type ServerResponse } from "node:http";
 import type { AddressInfo, Socket } from "node:net";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { median } from "./measure.js";
 
 const here = new URL(".", import.meta.url).pathname;
 const { values } = parseArgs({
@@ -124,11 +125,6 @@ function mib(bytes: number): string {
 }
 function ms(value: number): string {
   return value < 10 ? value.toFixed(2) : value.toFixed(0);
-}
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = s.length >> 1;
-  return s.length % 2 ? (s[mid] as number) : ((s[mid - 1] as number) + (s[mid] as number)) / 2;
 }
 /** The median of each numeric field over the repetitions of one job count. */
 function summary(jobs: number): Result {

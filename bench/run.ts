@@ -13,7 +13,7 @@ import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { type Bar, writeChart } from "./chart.js";
 import { ensureData, ensureSparse, FULL, QUICK } from "./data.js";
-import { measure, type Outcome, type Sample, verify } from "./measure.js";
+import { measure, median, type Outcome, type Sample, verify } from "./measure.js";
 import { ensureTools, startNginx } from "./nginx.js";
 import { ensureOtherNodes, type OtherNode } from "./nodes.js";
 import {
@@ -290,11 +290,6 @@ try {
   origin?.stdin?.end();
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 const fmt = (n: number, d = 2) => n.toFixed(d);
 
 const tables: string[] = [];

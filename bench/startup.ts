@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import { sha256File } from "./data.js";
-import { measure, type Sample } from "./measure.js";
+import { measure, median, type Sample } from "./measure.js";
 import { startNginx } from "./nginx.js";
 import { ensureOtherNodes } from "./nodes.js";
 import { DLQUEUE_CLI } from "./tools.js";
@@ -78,11 +78,6 @@ try {
 }
 await rm(root, { recursive: true, force: true });
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const mid = Math.floor(s.length / 2);
-  return s.length % 2 ? (s[mid] ?? 0) : ((s[mid - 1] ?? 0) + (s[mid] ?? 0)) / 2;
-};
 const table = [
   "| command | median wall s | (min–max) | median CPU s | peak RSS MB |",
   "| --- | ---: | ---: | ---: | ---: |",

@@ -25,7 +25,7 @@ import { Redis } from "ioredis";
 import { RedisDownloadQueue } from "../src/redis/index.js";
 import { type RedisServer, startRedis } from "../test/helpers/redis.js";
 import { ensureFiles } from "./data.js";
-import { measure, verify } from "./measure.js";
+import { measure, median, verify } from "./measure.js";
 import { ensureTools, type Nginx, startNginx } from "./nginx.js";
 import { writeSection } from "./sections.js";
 import { DLQUEUE_CLI, DLQUEUE_DIST, TOOLS } from "./tools.js";
@@ -441,11 +441,6 @@ try {
   await redis.stop();
 }
 
-const median = (xs: number[]) => {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? (s[m] as number) : ((s[m - 1] as number) + (s[m] as number)) / 2;
-};
 const fmt = (n: number, d = 2) => n.toFixed(d);
 const cores = cpus().length;
 
