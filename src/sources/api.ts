@@ -1,5 +1,5 @@
-/** What the hub and Civitai sources share: where their API is, and reading its JSON answers. */
-import { InvalidArgumentError } from "../errors.js";
+/** What the hub and Civitai sources share: where their API is, how it is asked, and reading its JSON answers. */
+import { InvalidArgumentError, tlsFailure } from "../errors.js";
 import { BadApiResponseError } from "./errors.js";
 
 type Env = Record<string, string | undefined>;
@@ -17,6 +17,17 @@ export function endpointFromEnv(env: Env, variable: string, fallback: string): s
     throw new InvalidArgumentError(`${variable} must be an http:// or https:// URL, not ${url.protocol}.`);
   }
   return value;
+}
+
+/**
+ * The fetch an API is asked through (the caller's, else the global one), with a refused certificate, which fetch
+ * hides behind "fetch failed", turned into the TlsCertificateError that says which CA to pass.
+ */
+export function apiFetch(base: typeof fetch = fetch): typeof fetch {
+  return (input, init) =>
+    base(input, init).catch((err: unknown) => {
+      throw tlsFailure(err) ?? err;
+    });
 }
 
 /** The body as JSON; anything else means the endpoint is not the API it was taken for. */

@@ -3,8 +3,8 @@
  * public REST API (https://developer.civitai.com/site/reference/model-versions) to the files of one model version,
  * with the SHA256 Civitai publishes so the bytes can be checked while they stream.
  */
-import { HttpError, tlsFailure } from "../errors.js";
-import { endpointFromEnv, readJson } from "./api.js";
+import { HttpError } from "../errors.js";
+import { apiFetch, endpointFromEnv, readJson } from "./api.js";
 import {
   BadApiResponseError,
   CivitaiAccessError,
@@ -159,15 +159,14 @@ export async function resolveCivitaiSource(
   options: ResolveCivitaiOptions = {},
 ): Promise<CivitaiResolved> {
   const endpoint = (options.endpoint ?? civitaiEndpoint()).replace(/\/+$/, "");
+  const fetchApi = apiFetch(options.fetch);
   const get = async (path: string, what: string): Promise<unknown> => {
     const url = `${endpoint}${path}`;
-    const response = await (options.fetch ?? fetch)(url, {
+    const response = await fetchApi(url, {
       headers: {
         accept: "application/json",
         ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
       },
-    }).catch((err: unknown) => {
-      throw tlsFailure(err) ?? err;
     });
     if (!response.ok) {
       await response.body?.cancel();

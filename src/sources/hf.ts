@@ -9,9 +9,9 @@
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
 import type { ListFileEntry, PathInfo } from "@huggingface/hub";
-import { HttpError, InvalidArgumentError, tlsFailure } from "../errors.js";
+import { HttpError, InvalidArgumentError } from "../errors.js";
 import { checkRepoPath, expandPath, type HfRepoType, hfHome } from "../files/hf-cache.js";
-import { endpointFromEnv, readJson } from "./api.js";
+import { apiFetch, endpointFromEnv, readJson } from "./api.js";
 import {
   BadApiResponseError,
   HubAccessError,
@@ -308,7 +308,7 @@ interface RevisionInfo {
 export async function resolveHfSource(spec: HfSource, options: ResolveHfOptions = {}): Promise<HfResolved> {
   const endpoint = (options.endpoint ?? hfEndpoint()).replace(/\/+$/, "");
   const { token } = options;
-  const hubFetch = guardedFetch(endpoint, token, spec, options.fetch ?? fetch);
+  const hubFetch = guardedFetch(endpoint, token, spec, apiFetch(options.fetch));
   const repo = { type: spec.repoType, name: spec.repoId };
   // @huggingface/hub refuses tokens without the hf_ prefix (checkCredentials); mirrors issue others, so those go in
   // through the guarded fetch instead, which adds the header for the endpoint's origin only.
@@ -482,9 +482,7 @@ function guardedFetch(endpoint: string, token: string | undefined, spec: HfSourc
     const sameOrigin = new URL(url).origin === origin;
     if (!sameOrigin) headers.delete("authorization");
     else if (token && !headers.has("authorization")) headers.set("authorization", `Bearer ${token}`);
-    const response = await base(url, { ...init, headers }).catch((err: unknown) => {
-      throw tlsFailure(err) ?? err;
-    });
+    const response = await base(url, { ...init, headers });
     if (response.ok || (init?.redirect === "manual" && response.status >= 300 && response.status < 400)) {
       return response;
     }
