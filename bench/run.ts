@@ -162,7 +162,8 @@ const nginxWorkloads: Workload[] = [
     title: `${data.small.length} × ${size(sizes.small)} (nginx)`,
     ...files(data.small),
     bytes: data.small.reduce((a, f) => a + f.size, 0),
-    tools: withNodes(["lib", "cli", "curl", "aria2", "naive"]),
+    // The bare undici client shows how much of the gap to curl is the HTTP client's and the filesystem's.
+    tools: withNodes(["lib", "cli", "curl", "aria2", "naive", "undiciFloor"]),
   },
   // Real model downloads are https: the same files over TLS, each client trusting the bench's CA as its users would.
   {

@@ -151,6 +151,10 @@ export const TOOLS = {
   aria2: { label: "aria2c (1 conn/file)", command: (job) => aria2(job, 1) },
   aria8: { label: "aria2c -x8 -s8", command: (job) => aria2(job, 8) },
   naive: naiveTool("naive Node (fetch → createWriteStream)"),
+  undiciFloor: {
+    label: "bare undici (dispatch → writeFile + rename, no queue)",
+    command: (job) => ["node", here("undici-floor.mjs"), urlFile(job), job.dir],
+  },
   naive22: naiveTool("naive Node · Node 22", 22),
   naive24: naiveTool("naive Node · Node 24", 24),
   floor: {
