@@ -1,8 +1,10 @@
 import assert from "node:assert/strict";
+import { createHash, randomBytes } from "node:crypto";
 import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { hashFileStart } from "../src/files/disk.js";
 import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
 import { openPartial } from "../src/files/partial.js";
 import { BACKLOG_BYTES } from "../src/files/writer.js";
@@ -285,5 +287,31 @@ describe("the partial writer", () => {
     assert.equal(run.written, 512 * 1024, "the bytes that did reach the disk stay counted");
     assert.equal(run.position, 512 * 1024, "the next byte goes where the disk stopped");
     await file.close(false);
+  });
+});
+
+describe("reading a file back for its checksum", () => {
+  test("the first `length` bytes, across the read blocks and their edges, and no further than the file goes", async (t) => {
+    const MiB = 1024 * 1024;
+    const path = join(await tempDir(t), "back.bin");
+    const content = randomBytes(2 * MiB + 123);
+    await writeFile(path, content);
+    const digest = async (length: number) => {
+      const hash = createHash("sha256");
+      await hashFileStart(hash, path, length);
+      return hash.digest("hex");
+    };
+    for (const length of [0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB, 2 * MiB + 123]) {
+      assert.equal(
+        await digest(length),
+        createHash("sha256").update(content.subarray(0, length)).digest("hex"),
+        `${length}`,
+      );
+    }
+    assert.equal(
+      await digest(3 * MiB),
+      createHash("sha256").update(content).digest("hex"),
+      "a file shorter than asked",
+    );
   });
 });

@@ -1,5 +1,5 @@
 import type { Hash } from "node:crypto";
-import { createReadStream, type Stats } from "node:fs";
+import type { Stats } from "node:fs";
 import { rename, stat } from "node:fs/promises";
 import { createRequire } from "node:module";
 import { join } from "node:path";
@@ -14,7 +14,7 @@ import {
   TransferInterruptedError,
   UnsupportedSchemeError,
 } from "../errors.js";
-import { removeIfPresent } from "../files/disk.js";
+import { hashFileStart, removeIfPresent } from "../files/disk.js";
 import { fileNameFor } from "../files/names.js";
 import {
   commitPartial,
@@ -763,10 +763,7 @@ class FileTransfer {
   async #hashPrefix(length: number, path = this.#partialPath as string): Promise<Hash | undefined> {
     if (!this.#sha256) return undefined;
     const hash = (require("node:crypto") as typeof import("node:crypto")).createHash("sha256");
-    if (length > 0) {
-      const partial = createReadStream(path, { start: 0, end: length - 1 });
-      for await (const chunk of partial) hash.update(chunk as Buffer);
-    }
+    await hashFileStart(hash, path, length);
     return hash;
   }
 }
