@@ -18,8 +18,12 @@ export type Outcome = { ok: true; sample: Sample } | { ok: false; error: string 
  * The harness's environment without NODE_EXTRA_CA_CERTS: a machine that sets it (this one points it at the system's
  * bundle) makes every Node process parse ~140 certificates at start, 0.05 s and 8 MB that a user's Node does not
  * pay, and curl or aria2c never do. Rows over TLS set it to the bench's CA where that is how their client trusts one.
+ * Read at each spawn: bench/models.ts sets HF_ENDPOINT after this module has loaded.
  */
-const { NODE_EXTRA_CA_CERTS: _systemBundle, ...cleanEnv } = process.env;
+function cleanEnv(): NodeJS.ProcessEnv {
+  const { NODE_EXTRA_CA_CERTS: _systemBundle, ...env } = process.env;
+  return env;
+}
 
 /** `env` is added to the harness's clean environment; GNU time hands it on to the command. */
 export async function measure(
@@ -33,7 +37,7 @@ export async function measure(
   const proc = spawn("/usr/bin/time", ["-f", "%U %S %M", "-o", timeFile, ...cmd], {
     stdio: ["ignore", "pipe", "pipe"],
     detached: true,
-    env: { ...cleanEnv, ...env },
+    env: { ...cleanEnv(), ...env },
   });
   let output = "";
   const keep = (b: Buffer) => {
