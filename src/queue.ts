@@ -102,7 +102,8 @@ export class DownloadQueue extends EventEmitter<QueueEvents> {
     this.#limiter = resolved.limiter;
     this.#ownDispatcher = resolved.ownDispatcher;
     this.#overwrite = resolved.overwrite;
-    this.#settings = { ...resolved.settings, lender: this.#lender };
+    // One slot has none to lend: large files then stream over one connection, which also hashes them as they come.
+    this.#settings = { ...resolved.settings, lender: this.#maxParallel > 1 ? this.#lender : undefined };
     this.#ownStore = typeof options.store === "string";
     this.#store =
       typeof options.store === "string" ? new SqliteJobStore(options.store) : (options.store ?? new MemoryJobStore());

@@ -195,7 +195,10 @@ describe("connections by default", () => {
 
   test("large files that fill the queue's slots take one connection each", async (t) => {
     const dest = await tempDir(t);
-    const large = [1, 2, 3].map((i) => origin.route(`/auto/share-${i}.bin`, { size: 64 * MiB }));
+    // Paced alike, so they end together: none is left with enough to take the slots the others free (see below).
+    const large = [1, 2, 3].map((i) =>
+      origin.route(`/auto/share-${i}.bin`, { size: 64 * MiB, throttleBytesPerSec: 128 * MiB }),
+    );
     const queue = new DownloadQueue({ maxParallelDownloads: 3, logger: memoryLogger().logger });
     const jobs = large.map((route) => queue.download({ source: route.url, dest }));
     for (const job of jobs) await queue.waitForJob(job, { timeoutMs: 30_000 });
@@ -226,6 +229,27 @@ describe("connections by default", () => {
     assert.equal(largeJob?.status, "completed", largeJob?.error);
     assert.equal(origin.maxConcurrent, 3);
     assert.equal(await fileSha256(join(dest, "grow.bin")), await large.sha256());
+  });
+
+  test("a large file that started over one connection, every slot taken, gets the slots the others free", async (t) => {
+    const dest = await tempDir(t);
+    // Throttled per connection, as CDNs do: the only way to fetch the large file faster is more connections.
+    const busy = [1, 2].map((i) =>
+      origin.route(`/auto/busy-${i}.bin`, { size: 1024, faults: [{ kind: "delay", ms: 400 }] }),
+    );
+    const large = origin.route("/auto/grow-from-one.bin", { size: 64 * MiB, throttleBytesPerSec: 16 * MiB });
+    const queue = new DownloadQueue({ maxParallelDownloads: 3, logger: memoryLogger().logger });
+    const busyJobs = busy.map((route) => queue.download({ source: route.url, dest }));
+    const largeJob = queue.download({ source: large.url, dest, sha256: await large.sha256() });
+    for (const job of busyJobs) await queue.waitForJob(job, { timeoutMs: 30_000 });
+    assert.equal(largeJob.status, "running", "the large file was still running when the slots freed up");
+    // 3 slots, 3 jobs: the large file started over one connection; the two freed slots become two more.
+    origin.resetStats();
+    await queue.waitForJob(largeJob, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(largeJob.status, "completed", largeJob.error);
+    assert.equal(origin.maxConcurrent, 3, "requests at once for the large file once the others had finished");
+    assert.equal(await fileSha256(join(dest, "grow-from-one.bin")), await large.sha256());
   });
 
   test("a large file that falls back to one stream gives its borrowed slots back: the next large file borrows them", async (t) => {

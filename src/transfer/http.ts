@@ -66,15 +66,26 @@ const RESUMABLE_MIN_BYTES = 64 * 1024;
 const SEGMENTED_MIN_BYTES = 8 * 1024 * 1024;
 /**
  * With connectionsPerFile left automatic, files this large borrow the queue's idle slots as extra connections, up
- * to AUTO_CONNECTIONS in all. Measured (bench/results.md): on an origin capping each connection at 50 MB/s one
- * 512 MiB file takes 3.1 s over 4 connections against 11.1 s over one; on a local nginx, where the CPU is the limit,
- * 4 connections cost nothing (2 GiB: 3.96 s against 4.26 s over one), and 8 files at once gained nothing from more
- * than one connection each (hence only idle slots).
+ * to AUTO_CONNECTIONS in all: when they start, and while they run as other jobs free their slots. Measured
+ * (bench/results.md): on an origin capping each connection at 50 MB/s one 512 MiB file takes 3.1 s over 4
+ * connections against 11.1 s over one; on a local nginx, where the CPU is the limit, 4 connections cost nothing
+ * (2 GiB: 3.96 s against 4.26 s over one), and 8 files at once gained nothing from more than one connection each
+ * (hence only idle slots).
  */
 const AUTO_SEGMENTED_MIN_BYTES = 64 * 1024 * 1024;
 const AUTO_CONNECTIONS = 4;
+/**
+ * How often a large file streaming over one connection looks for a slot another job has freed, and how much must
+ * be left for it to go on in segments: below that, another request and reading the file back for its checksum
+ * cost more than the extra connections save.
+ */
+const GROW_LOOK_MS = 500;
+const GROW_MIN_REMAINING_BYTES = 32 * 1024 * 1024;
 /** Small files are cheap to fetch again; for large ones an fsync before the rename is worth its cost. */
 const FSYNC_MIN_BYTES = 8 * 1024 * 1024;
+
+/** What #receive returns when it stopped to go on in segments (see #mayGrow). */
+const GROWN = Symbol("grown");
 
 export interface TransferSettings {
   dispatcher: Dispatcher;
@@ -215,6 +226,8 @@ class FileTransfer {
   #ignoreFinished = false;
   /** Extra connections borrowed from the queue's idle slots (automatic connectionsPerFile), held until release. */
   #borrowed = 0;
+  /** A stream stopped to go on in segments over slots freed while it ran (see #mayGrow). */
+  #grown = false;
 
   constructor(
     readonly req: TransferRequest,
@@ -243,6 +256,19 @@ class FileTransfer {
     if (chosen !== undefined) return chosen;
     if (totalBytes >= AUTO_SEGMENTED_MIN_BYTES) this.#borrow();
     return 1 + this.#borrowed;
+  }
+
+  /**
+   * Whether a file of this size, streaming over one connection, may stop and go on in segments once slots free up
+   * (automatic connectionsPerFile; once per transfer).
+   */
+  #mayGrow(totalBytes: number): boolean {
+    return (
+      !this.#grown &&
+      this.settings.connectionsPerFile === undefined &&
+      this.settings.lender !== undefined &&
+      totalBytes >= AUTO_SEGMENTED_MIN_BYTES
+    );
   }
 
   /** Borrows what idle slots there are, up to AUTO_CONNECTIONS in all; returns how many more it got. */
@@ -439,6 +465,7 @@ class FileTransfer {
         }
         const start = plan.action === "append" ? (from === undefined ? offset : foreign) : 0;
         const adopting = plan.action === "append" && from !== undefined;
+        let mayGrow = false;
         try {
           this.#refuseWrongSize(url, plan.totalBytes);
           if (this.#segmented && plan.totalBytes !== undefined && plan.totalBytes >= SEGMENTED_MIN_BYTES) {
@@ -452,8 +479,15 @@ class FileTransfer {
               await response.discard();
               return await this.#receiveSegmented(response, url, finalPath, start, plan.totalBytes, connections);
             }
+            mayGrow = acceptsRanges && !adopting && this.#mayGrow(plan.totalBytes);
           }
-          return await this.#receive(response, url, finalPath, start, plan.totalBytes, adopting ? from : undefined);
+          const received = await this.#receive(response, url, finalPath, start, plan.totalBytes, {
+            overlapFrom: adopting ? from : undefined,
+            mayGrow,
+          });
+          if (received !== GROWN) return received;
+          // The next pass resumes the partial in segments; it is not one of the passes the server's changes take.
+          pass--;
         } catch (err) {
           // Only the overlap was compared: a wrong byte before it shows in the checksum, and is no fault of the
           // server's, so the file is fetched again rather than failed.
@@ -614,8 +648,8 @@ class FileTransfer {
     finalPath: string,
     start: number,
     totalBytes: number | undefined,
-    overlapFrom?: number,
-  ): Promise<TransferResult> {
+    { overlapFrom, mayGrow = false }: { overlapFrom?: number; mayGrow?: boolean } = {},
+  ): Promise<TransferResult | typeof GROWN> {
     const { expectedSize } = this.req;
     if (totalBytes !== undefined) await this.#reserveSpace(finalPath, start, totalBytes);
     await this.#movePartial(this.req.streamPartialPath ?? partialPathOf(finalPath), start);
@@ -636,6 +670,9 @@ class FileTransfer {
     const file = await openPartial(this.#partialPath as string, start, durable);
     const writer = file.writer(start);
     let complete = false;
+    // A large file that started over one connection, every slot taken, looks now and then for slots other jobs have
+    // freed. Finding one, it stops here, and the next pass resumes what is on disk in segments over them.
+    let lookAt = mayGrow ? performance.now() + GROW_LOOK_MS : Number.POSITIVE_INFINITY;
     const take = (chunk: Buffer) => {
       this.bytes += chunk.length;
       if (expectedSize !== undefined && this.bytes > expectedSize) {
@@ -643,6 +680,13 @@ class FileTransfer {
       }
       hash?.update(chunk);
       this.observer.onBytes(this.bytes);
+      if (performance.now() >= lookAt) {
+        lookAt = performance.now() + GROW_LOOK_MS;
+        if ((totalBytes ?? 0) - this.bytes >= GROW_MIN_REMAINING_BYTES && this.#borrow() > 0) {
+          this.#grown = true;
+          response.cancel();
+        }
+      }
       return both(writer.write(chunk), this.req.pace?.(chunk.length));
     };
     try {
@@ -666,6 +710,7 @@ class FileTransfer {
     if (overlap && !overlap.done) {
       throw new TransferInterruptedError(`${url.href} ended before the bytes that overlap the partial`);
     }
+    if (this.#grown && !complete) return GROWN;
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes`);
     }
