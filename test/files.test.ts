@@ -4,7 +4,7 @@ import { existsSync } from "node:fs";
 import { mkdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
-import { hashFileStart } from "../src/files/disk.js";
+import { hashFileRange } from "../src/files/disk.js";
 import { checkRelativePath, fileNameFor, sanitizeFileName } from "../src/files/names.js";
 import { openPartial } from "../src/files/partial.js";
 import { BACKLOG_BYTES } from "../src/files/writer.js";
@@ -291,16 +291,24 @@ describe("the partial writer", () => {
 });
 
 describe("reading a file back for its checksum", () => {
-  test("the first `length` bytes, across the read blocks and their edges, and no further than the file goes", async (t) => {
+  test("bytes `from` to `to`, across the read blocks and their edges, and no further than the file goes", async (t) => {
     const MiB = 1024 * 1024;
     const path = join(await tempDir(t), "back.bin");
     const content = randomBytes(2 * MiB + 123);
     await writeFile(path, content);
-    const digest = async (length: number) => {
+    const digest = async (to: number, from = 0) => {
       const hash = createHash("sha256");
-      await hashFileStart(hash, path, length);
+      await hashFileRange(hash, path, from, to);
       return hash.digest("hex");
     };
+    for (const [from, to] of [
+      [5, MiB + 7],
+      [MiB, 2 * MiB + 123],
+      [MiB + 1, MiB + 1],
+    ] as const) {
+      const expected = createHash("sha256").update(content.subarray(from, to)).digest("hex");
+      assert.equal(await digest(to, from), expected, `${from}–${to}`);
+    }
     for (const length of [0, 1, MiB - 1, MiB, MiB + 1, 2 * MiB, 2 * MiB + 123]) {
       assert.equal(
         await digest(length),

@@ -14,7 +14,7 @@ import {
   TransferInterruptedError,
   UnsupportedSchemeError,
 } from "../errors.js";
-import { hashFileStart, removeIfPresent } from "../files/disk.js";
+import { hashFileRange, removeIfPresent } from "../files/disk.js";
 import { fileNameFor } from "../files/names.js";
 import {
   commitPartial,
@@ -228,6 +228,8 @@ class FileTransfer {
   #borrowed = 0;
   /** A stream stopped to go on in segments over slots freed while it ran (see #mayGrow). */
   #grown = false;
+  /** That stream's running sha256 and the bytes it covers, all on disk: the partial's prefix, while it is kept. */
+  #carried: { hash: Hash; bytes: number } | undefined;
 
   constructor(
     readonly req: TransferRequest,
@@ -324,6 +326,7 @@ class FileTransfer {
    * segments'.
    */
   async #movePartial(target: string, keep: number): Promise<void> {
+    if (keep === 0) this.#carried = undefined;
     const current = this.#partialPath as string;
     if (current === target || current === this.#ownPartial) return;
     if (keep > 0) {
@@ -529,6 +532,7 @@ class FileTransfer {
 
   /** Removes the partial this transfer writes (whatever its name) and its sidecars. */
   async #discard(finalPath: string): Promise<void> {
+    this.#carried = undefined;
     await discardPartial(finalPath, this.#partialPath);
   }
 
@@ -710,7 +714,10 @@ class FileTransfer {
     if (overlap && !overlap.done) {
       throw new TransferInterruptedError(`${url.href} ended before the bytes that overlap the partial`);
     }
-    if (this.#grown && !complete) return GROWN;
+    if (this.#grown && !complete) {
+      if (hash) this.#carried = { hash, bytes: this.bytes };
+      return GROWN;
+    }
     if (totalBytes !== undefined && this.bytes < totalBytes) {
       throw new TransferInterruptedError(`${url.href} ended after ${this.bytes} of ${totalBytes} bytes`);
     }
@@ -807,8 +814,12 @@ class FileTransfer {
   /** A resumed file is verified as a whole: the bytes from an earlier run are hashed before new ones arrive. */
   async #hashPrefix(length: number, path = this.#partialPath as string): Promise<Hash | undefined> {
     if (!this.#sha256) return undefined;
-    const hash = (require("node:crypto") as typeof import("node:crypto")).createHash("sha256");
-    await hashFileStart(hash, path, length);
+    // A stream that stopped to go on in segments hashed its bytes as they came: only what came after is read.
+    const carried =
+      path === this.#partialPath && this.#carried && this.#carried.bytes <= length ? this.#carried : undefined;
+    if (carried) this.#carried = undefined;
+    const hash = carried?.hash ?? (require("node:crypto") as typeof import("node:crypto")).createHash("sha256");
+    await hashFileRange(hash, path, carried?.bytes ?? 0, length);
     return hash;
   }
 }
