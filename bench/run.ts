@@ -3,6 +3,8 @@
 // on Node 22 and 24, which are otherwise installed from npm into bench/out/node/ on first use).
 // --only models runs only the model-repo row (bench/models.ts: dlqueue vs @huggingface/hub's snapshotDownload).
 // --only workers runs only the shared queue's row (bench/workers.ts: 1, 2 and 4 `dlqueue worker`s on BullMQ + Redis).
+// --only behind runs only the large file queued behind small ones (does a file that started over one connection
+// take the slots the small ones free?).
 // --only startup runs only the CLI start-up table (bench/startup.ts: --version, --help, a 1 KB get, Node's own start).
 import { type ChildProcess, execFileSync, spawn, spawnSync } from "node:child_process";
 import { existsSync, readFileSync } from "node:fs";
@@ -133,6 +135,7 @@ const onOtherNodes = (tools: ToolId[]): ToolId[] =>
 const data = await ensureData(`${out}/${args.quick ? "data-quick" : "data"}`, sizes);
 const nginx = await startNginx(data.root);
 let origin: ChildProcess | undefined;
+let behindOrigin: ChildProcess | undefined;
 
 const files = (fs: { path: string; sha256: string }[], base = nginx.baseUrl) => ({
   urls: fs.map((f) => `${base}/${f.path}`),
@@ -220,6 +223,29 @@ if (want("throttled")) {
   } else skipped.push("throttled: test/helpers/origin.ts does not exist yet");
 }
 
+// A model's weights queued behind its small files: the large file starts while every other slot is taken.
+const behindSize = args.quick ? 64 * MiB : 256 * MiB;
+if (want("behind")) {
+  behindOrigin = spawn(
+    "node",
+    ["--import", "tsx", `${repo}/bench/origin-child.ts`, String(behindSize), "1", "--behind", "4"],
+    { cwd: repo, stdio: ["pipe", "pipe", "inherit"] },
+  );
+  const served: { url: string; sha256: string }[] = [];
+  for await (const line of createInterface({ input: behindOrigin.stdout as NodeJS.ReadableStream })) {
+    served.push(JSON.parse(line));
+    if (served.length === 5) break;
+  }
+  workloads.push({
+    id: "behind",
+    title: `1 × ${size(behindSize)} at 50 MB/s per connection (+20 ms) queued behind 4 small files that take 1 s each (test origin)`,
+    urls: served.map((f) => f.url),
+    expected: new Map(served.map((f) => [f.url.split("/").at(-1) as string, f.sha256])),
+    bytes: behindSize + 4 * 16 * 1024,
+    tools: ["lib", "cli", "curl", "aria2", "aria8", "naive"],
+  });
+}
+
 /** One download by one tool into a fresh folder, verified and then deleted. */
 async function runOnce(w: Workload, tool: ToolId): Promise<{ command: string; outcome: Outcome }> {
   const dir = await mkdtemp(`${out}/runs/dl-`);
@@ -289,6 +315,7 @@ try {
 } finally {
   await nginx.stop();
   origin?.stdin?.end();
+  behindOrigin?.stdin?.end();
 }
 
 const fmt = (n: number, d = 2) => n.toFixed(d);
