@@ -252,6 +252,37 @@ describe("connections by default", () => {
     assert.equal(await fileSha256(join(dest, "grow-from-one.bin")), await large.sha256());
   });
 
+  test("a large file that went on in segments and then met a server refusing ranges gives the slot back", async (t) => {
+    const dest = await tempDir(t);
+    const busy = [1, 2].map((i) =>
+      origin.route(`/auto/busy-flip-${i}.bin`, { size: 1024, faults: [{ kind: "delay", ms: 400 }] }),
+    );
+    const flip = origin.route("/auto/flip.bin", { size: 64 * MiB, throttleBytesPerSec: 16 * MiB });
+    const next = origin.route("/auto/after-flip.bin", { size: 64 * MiB });
+    const queue = new DownloadQueue({ maxParallelDownloads: 3, logger: memoryLogger().logger });
+    const busyJobs = busy.map((route) => queue.download({ source: route.url, dest }));
+    const flipJob = queue.download({ source: flip.url, dest, sha256: await flip.sha256() });
+    for (const job of busyJobs) await queue.waitForJob(job, { timeoutMs: 30_000 });
+    // The freed slots are borrowed for segments, but the request that resumes in them gets the whole file (a 200).
+    flip.update({ acceptRanges: false });
+    const restarted = () => flip.requests.filter((r) => r.headers.range !== undefined).length > 0;
+    for (const started = performance.now(); !restarted(); ) {
+      assert.ok(performance.now() - started < 10_000, "the stream stopped to go on in segments");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const nextJob = queue.download({ source: next.url, dest });
+    await queue.waitForJob(nextJob, { timeoutMs: 30_000 });
+    assert.equal(flipJob.status, "running", "the first file was still running when the next one finished");
+    await queue.waitForJob(flipJob, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(flipJob.status, "completed", flipJob.error);
+    assert.equal(nextJob.status, "completed", nextJob.error);
+    // 3 slots, 2 running jobs: one to lend to the next file, unless the first still held the slots it borrowed.
+    assert.equal(ranged(next), 2, "one range request per connection: the next file borrowed the idle slot");
+    assert.equal(await fileSha256(join(dest, "after-flip.bin")), await next.sha256());
+    assert.equal(await fileSha256(join(dest, "flip.bin")), await flip.sha256());
+  });
+
   test("a large file that falls back to one stream gives its borrowed slots back: the next large file borrows them", async (t) => {
     const dest = await tempDir(t);
     // Claims ranges, answers each with the whole file: caught at the first segment, then fetched over one stream,

@@ -244,8 +244,7 @@ class FileTransfer {
   }
 
   async release(): Promise<void> {
-    this.settings.lender?.giveBack(this.#borrowed);
-    this.#borrowed = 0;
+    this.#returnSlots();
     this.#releaseSpace?.();
     if (this.#ownPartial) await removeIfPresent(this.#ownPartial).catch(() => {});
     await this.#unlock?.();
@@ -271,6 +270,12 @@ class FileTransfer {
       this.settings.lender !== undefined &&
       totalBytes >= AUTO_SEGMENTED_MIN_BYTES
     );
+  }
+
+  /** One stream from here on: borrowed slots go back now, for another large file to borrow. */
+  #returnSlots(): void {
+    this.settings.lender?.giveBack(this.#borrowed);
+    this.#borrowed = 0;
   }
 
   /** Borrows what idle slots there are, up to AUTO_CONNECTIONS in all; returns how many more it got. */
@@ -484,6 +489,8 @@ class FileTransfer {
             }
             mayGrow = acceptsRanges && !adopting && this.#mayGrow(plan.totalBytes);
           }
+          // Slots borrowed to go on in segments, when the server then sent the whole file, are of no use to it.
+          this.#returnSlots();
           const received = await this.#receive(response, url, finalPath, start, plan.totalBytes, {
             overlapFrom: adopting ? from : undefined,
             mayGrow,
@@ -779,9 +786,7 @@ class FileTransfer {
       if (!(err instanceof RangeNotSupportedError) || this.signal.aborted) throw err;
       this.settings.logger.warn(err.message);
       this.#segmented = false;
-      // One stream from here on: slots borrowed for more connections go back now, for another large file to borrow.
-      this.settings.lender?.giveBack(this.#borrowed);
-      this.#borrowed = 0;
+      this.#returnSlots();
       return this.run();
     }
     // Segments arrive out of order, so the checksum needs one read of the finished file.
