@@ -224,7 +224,10 @@ class FileTransfer {
   #releaseSpace: (() => void) | undefined;
   /** The file at the final path turned out not to be the server's: it is replaced, whatever it looks like. */
   #ignoreFinished = false;
-  /** Extra connections borrowed from the queue's idle slots (automatic connectionsPerFile), held until release. */
+  /**
+   * Extra connections borrowed from the queue's idle slots (automatic connectionsPerFile), held until the file goes on
+   * over one stream or the transfer is released.
+   */
   #borrowed = 0;
   /** A stream stopped to go on in segments over slots freed while it ran (see #mayGrow). */
   #grown = false;
