@@ -171,6 +171,36 @@ describe("connectionsPerFile through the queue", () => {
 describe("connections by default", () => {
   const ranged = (route: { requests: { headers: { range?: string } }[] }) =>
     route.requests.filter((r) => r.headers.range !== undefined).length;
+  type Route = ReturnType<Origin["route"]>;
+
+  /**
+   * Waits until `streaming()` says the first large file is down to one stream, then queues `next` and lets both
+   * finish, byte-exact; the first must outlast the next. Returns the next file's range requests: one per connection,
+   * i.e. how many slots it found idle.
+   */
+  async function nextFileAfter(
+    queue: DownloadQueue,
+    first: { job: DownloadJob; route: Route },
+    next: Route,
+    dest: string,
+    streaming: () => boolean,
+  ): Promise<number> {
+    for (const started = performance.now(); !streaming(); ) {
+      assert.ok(performance.now() - started < 10_000, "the first file went on over one stream");
+      await new Promise((resolve) => setTimeout(resolve, 10));
+    }
+    const nextJob = queue.download({ source: next.url, dest });
+    await queue.waitForJob(nextJob, { timeoutMs: 30_000 });
+    assert.equal(first.job.status, "running", "the first file was still running when the next one finished");
+    await queue.waitForJob(first.job, { timeoutMs: 30_000 });
+    await queue.stop();
+    assert.equal(first.job.status, "completed", first.job.error);
+    assert.equal(nextJob.status, "completed", nextJob.error);
+    for (const route of [first.route, next]) {
+      assert.equal(await fileSha256(join(dest, route.key.split("/").at(-1) as string)), await route.sha256());
+    }
+    return ranged(next);
+  }
 
   test("a 64 MiB file alone comes over 4 connections; a 63 MiB one, and any file with connectionsPerFile: 1, over one", async (t) => {
     const dest = await tempDir(t);
@@ -265,22 +295,13 @@ describe("connections by default", () => {
     for (const job of busyJobs) await queue.waitForJob(job, { timeoutMs: 30_000 });
     // The freed slots are borrowed for segments, but the request that resumes in them gets the whole file (a 200).
     flip.update({ acceptRanges: false });
-    const restarted = () => flip.requests.filter((r) => r.headers.range !== undefined).length > 0;
-    for (const started = performance.now(); !restarted(); ) {
-      assert.ok(performance.now() - started < 10_000, "the stream stopped to go on in segments");
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    const nextJob = queue.download({ source: next.url, dest });
-    await queue.waitForJob(nextJob, { timeoutMs: 30_000 });
-    assert.equal(flipJob.status, "running", "the first file was still running when the next one finished");
-    await queue.waitForJob(flipJob, { timeoutMs: 30_000 });
-    await queue.stop();
-    assert.equal(flipJob.status, "completed", flipJob.error);
-    assert.equal(nextJob.status, "completed", nextJob.error);
+    const restarted = () => ranged(flip) > 0;
     // 3 slots, 2 running jobs: one to lend to the next file, unless the first still held the slots it borrowed.
-    assert.equal(ranged(next), 2, "one range request per connection: the next file borrowed the idle slot");
-    assert.equal(await fileSha256(join(dest, "after-flip.bin")), await next.sha256());
-    assert.equal(await fileSha256(join(dest, "flip.bin")), await flip.sha256());
+    assert.equal(
+      await nextFileAfter(queue, { job: flipJob, route: flip }, next, dest, restarted),
+      2,
+      "one range request per connection: the next file borrowed the idle slot",
+    );
   });
 
   test("a large file that falls back to one stream gives its borrowed slots back: the next large file borrows them", async (t) => {
@@ -297,20 +318,11 @@ describe("connections by default", () => {
     const queue = new DownloadQueue({ logger: memoryLogger().logger });
     const liarJob = queue.download({ source: liar.url, dest });
     const fellBack = () => liar.requests.some((r, i) => i > 0 && r.headers.range === undefined);
-    for (const started = performance.now(); !fellBack(); ) {
-      assert.ok(performance.now() - started < 10_000, "the fallback stream started");
-      await new Promise((resolve) => setTimeout(resolve, 10));
-    }
-    const nextJob = queue.download({ source: next.url, dest });
-    await queue.waitForJob(nextJob, { timeoutMs: 30_000 });
-    assert.equal(liarJob.status, "running", "the first file was still running when the next one finished");
-    await queue.waitForJob(liarJob, { timeoutMs: 30_000 });
-    await queue.stop();
-    assert.equal(nextJob.status, "completed", nextJob.error);
-    assert.equal(liarJob.status, "completed", liarJob.error);
-    assert.equal(ranged(next), 4, "one range request per connection: 4 connections");
-    assert.equal(await fileSha256(join(dest, "after-liar.bin")), await next.sha256());
-    assert.equal(await fileSha256(join(dest, "liar.bin")), await liar.sha256());
+    assert.equal(
+      await nextFileAfter(queue, { job: liarJob, route: liar }, next, dest, fellBack),
+      4,
+      "one range request per connection: 4 connections",
+    );
   });
 
   test("a 429 or 503 to some of the connections leaves the rest to finish the file, without retrying them", async (t) => {
