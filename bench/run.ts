@@ -134,8 +134,27 @@ const onOtherNodes = (tools: ToolId[]): ToolId[] =>
 
 const data = await ensureData(`${out}/${args.quick ? "data-quick" : "data"}`, sizes);
 const nginx = await startNginx(data.root);
-let origin: ChildProcess | undefined;
-let behindOrigin: ChildProcess | undefined;
+/** Test origins in processes of their own (bench/origin-child.ts), ended with the run. */
+const origins: ChildProcess[] = [];
+
+/** Starts an origin with `args` and reads the `files` it serves, as it prints them: URL and sha256 of each. */
+async function startOrigin(args: string[], files: number): Promise<{ url: string; sha256: string }[]> {
+  const child = spawn("node", ["--import", "tsx", `${repo}/bench/origin-child.ts`, ...args], {
+    cwd: repo,
+    stdio: ["pipe", "pipe", "inherit"],
+  });
+  origins.push(child);
+  const served: { url: string; sha256: string }[] = [];
+  for await (const line of createInterface({ input: child.stdout as NodeJS.ReadableStream })) {
+    served.push(JSON.parse(line));
+    if (served.length === files) break;
+  }
+  return served;
+}
+
+/** What each served file must hash to, by the name a client saves it under. */
+const servedNames = (served: { url: string; sha256: string }[]) =>
+  new Map(served.map((f) => [f.url.split("/").at(-1) as string, f.sha256]));
 
 const files = (fs: { path: string; sha256: string }[], base = nginx.baseUrl) => ({
   urls: fs.map((f) => `${base}/${f.path}`),
@@ -204,19 +223,12 @@ if (want("huge")) {
 
 if (want("throttled")) {
   if (existsSync(`${repo}/test/helpers/origin.ts`)) {
-    origin = spawn("node", ["--import", "tsx", `${repo}/bench/origin-child.ts`, String(throttledSize)], {
-      cwd: repo,
-      stdio: ["pipe", "pipe", "inherit"],
-    });
-    const first = await createInterface({ input: origin.stdout as NodeJS.ReadableStream })
-      [Symbol.asyncIterator]()
-      .next();
-    const { url, sha256 } = JSON.parse(String(first.value)) as { url: string; sha256: string };
+    const served = await startOrigin([String(throttledSize)], 1);
     workloads.push({
       id: "throttled",
       title: `1 × ${size(throttledSize)}, 50 MB/s per connection, +20 ms per request (test origin)`,
-      urls: [url],
-      expected: new Map([["throttled.bin", sha256]]),
+      urls: served.map((f) => f.url),
+      expected: servedNames(served),
       bytes: throttledSize,
       tools: ["lib", "lib1", "lib8", "cli", "curl", "aria2", "aria8", "naive"],
     });
@@ -226,21 +238,12 @@ if (want("throttled")) {
 // A model's weights queued behind its small files: the large file starts while every other slot is taken.
 const behindSize = args.quick ? 64 * MiB : 256 * MiB;
 if (want("behind")) {
-  behindOrigin = spawn(
-    "node",
-    ["--import", "tsx", `${repo}/bench/origin-child.ts`, String(behindSize), "1", "--behind", "4"],
-    { cwd: repo, stdio: ["pipe", "pipe", "inherit"] },
-  );
-  const served: { url: string; sha256: string }[] = [];
-  for await (const line of createInterface({ input: behindOrigin.stdout as NodeJS.ReadableStream })) {
-    served.push(JSON.parse(line));
-    if (served.length === 5) break;
-  }
+  const served = await startOrigin([String(behindSize), "1", "--behind", "4"], 5);
   workloads.push({
     id: "behind",
     title: `1 × ${size(behindSize)} at 50 MB/s per connection (+20 ms) queued behind 4 small files that take 1 s each (test origin)`,
     urls: served.map((f) => f.url),
-    expected: new Map(served.map((f) => [f.url.split("/").at(-1) as string, f.sha256])),
+    expected: servedNames(served),
     bytes: behindSize + 4 * 16 * 1024,
     tools: ["lib", "cli", "curl", "aria2", "aria8", "naive"],
   });
@@ -314,8 +317,7 @@ try {
   }
 } finally {
   await nginx.stop();
-  origin?.stdin?.end();
-  behindOrigin?.stdin?.end();
+  for (const child of origins) child.stdin?.end();
 }
 
 const fmt = (n: number, d = 2) => n.toFixed(d);
