@@ -686,7 +686,7 @@ class FileTransfer {
     let complete = false;
     // A large file that started over one connection, every slot taken, looks now and then for slots other jobs have
     // freed. Finding one, it stops here, and the next pass resumes what is on disk in segments over them.
-    let lookAt = mayGrow ? performance.now() + GROW_LOOK_MS : Number.POSITIVE_INFINITY;
+    let lookAt = performance.now() + GROW_LOOK_MS;
     const take = (chunk: Buffer) => {
       this.bytes += chunk.length;
       if (expectedSize !== undefined && this.bytes > expectedSize) {
@@ -694,7 +694,7 @@ class FileTransfer {
       }
       hash?.update(chunk);
       this.observer.onBytes(this.bytes);
-      if (performance.now() >= lookAt) {
+      if (mayGrow && performance.now() >= lookAt) {
         lookAt = performance.now() + GROW_LOOK_MS;
         if ((totalBytes ?? 0) - this.bytes >= GROW_MIN_REMAINING_BYTES && this.#borrow() > 0) {
           this.#grown = true;
